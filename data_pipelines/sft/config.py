@@ -1,0 +1,89 @@
+"""Configuration of the stage-3 (SFT) conversation pipeline. No torch import: validation must be fast."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Optional
+
+LOSS_REDUCTIONS = ("token", "sample", "square")
+
+
+@dataclass
+class SftDataConfig:
+    """Where the conversations come from and how they become packed, tokenised micro-batches.
+
+    Exactly one source: `demo` (the embedded demo conversations), `meta_path` (an InternVL-Chat meta
+    JSON) or `llava_json` (a LLaVA JSON list, images under `image_root`).
+    """
+
+    demo: bool = False
+    meta_path: Optional[str] = None
+    llava_json: Optional[str] = None
+    image_root: Optional[str] = None
+    # Conversation template: internvl2_5 | internlm2-chat | Hermes-2 | vicuna_v1 | tokenizer (the
+    # tokenizer's own chat_template).
+    template: str = "internvl2_5"
+    system_message: Optional[str] = None  # None: the template's default system message
+    max_seq_len: int = 4096  # per sample; longer samples lose whole trailing turns
+    packing: bool = False
+    max_packed_tokens: int = 8192  # per packed row
+    max_tiles_per_row: int = 48  # image tiles per row (the ViT batch a row costs); also caps one sample
+    loss_reduction: str = "square"  # token | sample | square (1/sqrt(n supervised tokens of the sample))
+    # Dynamic resolution (InternVL 1.5+): tiles per image within [min, max], thumbnail appended.
+    dynamic_image_size: bool = True
+    min_dynamic_patch: int = 1
+    max_dynamic_patch: int = 12
+    use_thumbnail: bool = True
+    image_size: int = 448
+    num_image_token: int = 0  # <IMG_CONTEXT> tokens per tile; 0 = filled from the model
+    heldout_vqa: Optional[str] = None  # JSONL of {question, image, answers} for VQA evaluation
+    heldout_image_root: Optional[str] = None
+    num_workers: int = 2  # decoding threads (ordered lookahead; the order never depends on them)
+    prefetch: int = 16  # samples decoded ahead of the packer
+    max_consecutive_failures: int = 200  # that many skipped samples in a row: stop with the reasons
+
+    def validate(self) -> None:
+        from internvl_train.config import ConfigError
+
+        sources = [name for name, on in (("demo", self.demo), ("meta_path", self.meta_path),
+                                         ("llava_json", self.llava_json)) if on]
+        if len(sources) != 1:
+            raise ConfigError("data.sft", f"set exactly one of demo / meta_path / llava_json (got {sources or 'none'})")
+        if self.llava_json and not self.image_root:
+            raise ConfigError("data.sft.image_root", "llava_json needs image_root (folder the image paths are relative to)")
+        if self.loss_reduction not in LOSS_REDUCTIONS:
+            raise ConfigError("data.sft.loss_reduction", f"must be one of {LOSS_REDUCTIONS}, got {self.loss_reduction!r}")
+        for key in ("max_seq_len", "max_packed_tokens", "max_tiles_per_row", "image_size", "min_dynamic_patch",
+                    "prefetch", "max_consecutive_failures"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"data.sft.{key}", f"must be >= 1, got {getattr(self, key)}")
+        if self.max_dynamic_patch < self.min_dynamic_patch:
+            raise ConfigError("data.sft.max_dynamic_patch",
+                              f"must be >= min_dynamic_patch ({self.min_dynamic_patch}), got {self.max_dynamic_patch}")
+        if self.num_image_token < 0 or self.num_workers < 0:
+            raise ConfigError("data.sft", "num_image_token and num_workers must be >= 0")
+        if self.packing and self.max_packed_tokens < self.max_seq_len:
+            raise ConfigError("data.sft.max_packed_tokens",
+                              f"must be >= max_seq_len ({self.max_seq_len}) so every sample fits a row")
+        self._validate_template()
+        self._validate_paths()
+
+    def _validate_paths(self) -> None:
+        from internvl_train.config import ConfigError
+
+        for key in ("meta_path", "llava_json", "heldout_vqa"):
+            path = getattr(self, key)
+            if path and not os.path.isfile(path):
+                raise ConfigError(f"data.sft.{key}", f"file not found: {path}")
+        for key in ("image_root", "heldout_image_root"):
+            path = getattr(self, key)
+            if path and not os.path.isdir(path):
+                raise ConfigError(f"data.sft.{key}", f"folder not found: {path}")
+
+    def _validate_template(self) -> None:
+        from internvl_train.config import ConfigError
+
+        from data_pipelines.sft.templates import TEMPLATE_NAMES
+
+        if self.template not in TEMPLATE_NAMES:
+            raise ConfigError("data.sft.template", f"unknown template {self.template!r}; choose one of {TEMPLATE_NAMES}")
