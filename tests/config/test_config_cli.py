@@ -1,0 +1,44 @@
+"""The real command line: a bad config exits non-zero with the key named, before anything is built."""
+from __future__ import annotations
+
+import pytest
+
+# Runs the CLI and reports which heavy modules were imported by the time it exited.
+IMPORT_PROBE = """
+import runpy, sys
+try:
+    runpy.run_module("internvl_train", run_name="__main__", alter_sys=True)
+finally:
+    print("heavy:", sorted(m for m in ("torch", "deepspeed", "transformers") if m in sys.modules))
+"""
+
+BAD_CONFIGS = [
+    (["trainer.max_stepz=3"], 1, "trainer.max_stepz"),
+    (["trainer.max_steps=abc"], 1, "trainer.max_steps"),
+    (["init_from=/nonexistent"], 2, "config error: init_from: path '/nonexistent' does not exist"),
+    (["stage=generative", "stage.itm_negatives=easy"], 2, "config error: stage.itm_negatives:"),
+]
+
+
+@pytest.mark.parametrize("args, exit_code, message", BAD_CONFIGS)
+def test_bad_config_exits_before_anything_is_built(cli, tmp_path, args, exit_code, message):
+    result, seconds = cli(args, cwd=tmp_path, code=IMPORT_PROBE)
+    assert result.returncode == exit_code, result.stderr
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+    assert "heavy: []" in result.stdout  # no torch: no model, no process group, no data loader
+    assert list(tmp_path.iterdir()) == []  # no run dir, no outputs/ or .hydra/ or log file from Hydra
+    assert seconds < 60  # generous: a loaded 2-core machine; it takes about a second when idle
+
+
+def test_cli_module_entry_point_exits_2_on_validation_error(cli, tmp_path):
+    result, _ = cli(["trainer.precision=fp16"], cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip() == "config error: trainer.precision: got 'fp16', expected one of 'fp32', 'bf16'"
+
+
+def test_cli_prints_the_composed_config_without_running(cli, tmp_path):
+    result, _ = cli(["stage=generative", "trainer.max_steps=4", "--cfg", "job"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "name: generative" in result.stdout and "max_steps: 4" in result.stdout
+    assert list(tmp_path.iterdir()) == []
