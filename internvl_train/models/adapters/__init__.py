@@ -1,0 +1,1 @@
+"""Checkpoint adapters: official key layouts <-> our parameter names (pure state-dict functions)."""

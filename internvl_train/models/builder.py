@@ -1,0 +1,126 @@
+"""Build InternVL-C / InternVL-G and load weights from wherever the config points.
+
+Weight source, first that is set: `init_from` (our export of a previous stage, or an official InternVL-14B
+directory), `model.pretrained` (same kinds), else the towers separately: `model.vision.pretrained` (official
+InternViT, HF layout or .pth) and `model.text.pretrained` (HF LLaMA directory). Building G from a C
+checkpoint creates only NEW_IN_G and says so; building C from a G checkpoint leaves the G parts unused.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Mapping, Optional
+
+import torch
+
+from internvl_train.models.adapters import internvit, internvl14b
+from internvl_train.models.checkpoint import LoadReport, load_state_into, read_state_dict
+from internvl_train.models.internvl_c import InternVLC
+from internvl_train.models.internvl_g import NEW_IN_G, InternVLG
+
+log = logging.getLogger(__name__)
+
+POS_KEY = "embeddings.position_embeddings"
+OFFICIAL_LAYOUTS = ("internvl14b", "internvit-hf", "internvit-pth")
+
+
+def build_internvl_c(cfg: Any, vocab_size: Optional[int] = None, init_from: Optional[str] = None) -> InternVLC:
+    model = InternVLC(cfg, vocab_size)
+    _load_configured_weights(model, init_from)
+    return model
+
+
+def build_internvl_g(cfg: Any, vocab_size: Optional[int] = None, init_from: Optional[str] = None) -> InternVLG:
+    model = InternVLG(cfg, vocab_size)
+    _load_configured_weights(model, init_from)
+    return model
+
+
+def _load_configured_weights(model: InternVLC, init_from: Optional[str]) -> None:
+    cfg = model.config
+    whole = init_from or cfg.pretrained
+    if whole:
+        report = load_model_weights(model, whole)
+        log.info("weights from %s: %s", whole, report.summary())
+        return
+    if cfg.vision.pretrained:
+        log.info("vision tower from %s: %s", cfg.vision.pretrained,
+                 load_vision_weights(model, cfg.vision.pretrained).summary())
+    if cfg.text.pretrained:
+        log.info("text tower from %s: %s", cfg.text.pretrained,
+                 load_text_weights(model, cfg.text.pretrained).summary())
+    if not (cfg.vision.pretrained or cfg.text.pretrained):
+        log.info("no pretrained weights configured: %s is randomly initialised", type(model).__name__)
+
+
+def _resize_pos(state: dict[str, torch.Tensor], own: Mapping[str, torch.Tensor], key: str,
+                report_to: list[str]) -> None:
+    if key in state and key in own and state[key].shape != own[key].shape:
+        grid = int(round((own[key].shape[1] - 1) ** 0.5))
+        before = tuple(state[key].shape)
+        state[key] = internvit.resize_position_embedding(state[key], grid)
+        report_to.append(f"{key} {before} -> {tuple(state[key].shape)}")
+
+
+def load_model_weights(model: InternVLC, path: str | Path) -> LoadReport:
+    """Whole-model weights: our save_pretrained directory or an official InternVL-14B checkpoint."""
+    state = read_state_dict(path)
+    if internvl14b.is_internvl14b(state):
+        state = internvl14b.official_to_ours(state)
+    g_model = isinstance(model, InternVLG)
+    resized: list[str] = []
+    _resize_pos(state, model.state_dict(), "vision." + POS_KEY, resized)
+    report = load_state_into(model, state, new_ok=NEW_IN_G if g_model else (),
+                             unused_ok=() if g_model else NEW_IN_G)
+    report.resized = resized
+    return report
+
+
+def load_vision_weights(model: InternVLC, path: str | Path) -> LoadReport:
+    """Official InternViT weights (HF layout, .pth naming or ours; an optional `vision_model.` prefix is
+    stripped) into `model.vision`; a `clip_projector.*` present in the file goes to `model.clip_projector`."""
+    state = read_state_dict(path)
+    if any(k.startswith(internvl14b.VISION_OFFICIAL) for k in state):
+        state = {k[len(internvl14b.VISION_OFFICIAL):]: v for k, v in state.items()
+                 if k.startswith(internvl14b.VISION_OFFICIAL)}
+    projector = {k.split(".", 1)[1]: v for k, v in state.items() if k.startswith("clip_projector.")}
+    vision = internvit.official_to_ours({k: v for k, v in state.items() if not k.startswith("clip_projector.")})
+    resized: list[str] = []
+    _resize_pos(vision, model.vision.state_dict(), POS_KEY, resized)
+    # heads of other tasks (e.g. a classifier) are reported unused; a surplus ViT layer is an error
+    report = load_state_into(model.vision, vision, unused_ok=(r"(?!embeddings\.|encoder\.).*",))
+    if projector:
+        report.loaded += load_state_into(model.clip_projector, projector).loaded
+    report.resized = resized
+    return report
+
+
+def load_text_weights(model: InternVLC, path: str | Path) -> LoadReport:
+    """A local HF LLaMA directory into `model.text` (cross-attention is created when `model` is G)."""
+    state = {k: v for k, v in read_state_dict(path).items() if not k.endswith(internvl14b.IGNORED_SUFFIXES)}
+    new_ok = (r"model\.layers\.\d+\.cross_attn\..*",) if isinstance(model, InternVLG) else ()
+    return load_state_into(model.text, state, new_ok=new_ok)
+
+
+def official_state_dict(model: InternVLC, layout: str) -> dict[str, torch.Tensor]:
+    """Our weights in an official layout: internvl14b (whole model), internvit-hf or internvit-pth (ViT)."""
+    if layout == "internvl14b":
+        return internvl14b.ours_to_official(model.state_dict())
+    if layout in ("internvit-hf", "internvit-pth"):
+        return internvit.ours_to_official(model.vision.state_dict(), layout=layout.split("-")[1])
+    raise ValueError(f"unknown official layout {layout!r}; expected one of {OFFICIAL_LAYOUTS}")
+
+
+def export_official(model: InternVLC, out_dir: str | Path, layout: str = "internvl14b") -> Path:
+    """Write official-layout weights (safetensors, or a single .pth for internvit-pth)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in official_state_dict(model, layout).items()}
+    if layout == "internvit-pth":
+        torch.save(state, out / "internvit.pth")
+    else:
+        from huggingface_hub import save_torch_state_dict
+
+        save_torch_state_dict(state, out)
+    return out
+

@@ -1,0 +1,90 @@
+"""The stage-3 model from the run config: where the ViT (and QLLaMA) come from, then build_chat_model.
+
+`init_from`, first match:
+  a chat checkpoint (config.json model_type internvl | internvl_chat): continue from it, tokenizer included;
+  our stage-1/2 export (internvl_train_model.json): its ViT, and its QLLaMA for bridge=mlp+qllama;
+otherwise `model.vision.pretrained` (official InternViT, HF layout or .pth), else a fresh ViT.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any, Optional
+
+from torch import nn
+from transformers import AutoTokenizer
+
+from internvl_train.models import checkpoint
+from internvl_train.models.adapters import internvit
+from internvl_train.models.chat import ChatBuild, build_chat_model
+from internvl_train.models.chat_checkpoint import load_chat_model
+from internvl_train.models.chat_llm import add_chat_special_tokens
+from internvl_train.models.config import ModelConfig, as_model_config
+from internvl_train.models.internvl_g import InternVLG
+from internvl_train.models.vision import build_vision_tower
+
+log = logging.getLogger(__name__)
+
+CHAT_MODEL_TYPES = ("internvl", "internvl_chat")
+_POS_KEY = "embeddings.position_embeddings"
+
+
+def is_chat_checkpoint(path: str | Path) -> bool:
+    config = Path(path) / "config.json"
+    return config.is_file() and json.loads(config.read_text()).get("model_type") in CHAT_MODEL_TYPES
+
+
+def build_chat_from_config(model_cfg: Any, init_from: Optional[str] = None, tokenizer: Any = None) -> ChatBuild:
+    """ChatBuild for stage 3 from a ModelConfig (or its OmegaConf node) with `chat` set."""
+    cfg: ModelConfig = as_model_config(model_cfg)
+    if cfg.chat is None:
+        raise ValueError("model.chat is not set: pick a chat model preset, e.g. model=chat_tiny")
+    if init_from and is_chat_checkpoint(init_from):
+        return _continue_chat(init_from, tokenizer, cfg.chat.gradient_checkpointing)
+    model_g: Optional[nn.Module] = None
+    if init_from and checkpoint.is_our_checkpoint(init_from):
+        previous = checkpoint.from_pretrained(init_from)
+        tower = previous.vision
+        model_g = previous if isinstance(previous, InternVLG) else None
+        log.info("chat ViT%s from the stage export %s", " and QLLaMA" if model_g else "", init_from)
+    elif init_from:
+        raise FileNotFoundError(f"init_from={init_from!r} is neither a chat checkpoint nor a stage-1/2 export")
+    else:
+        tower = build_vision_tower(cfg.vision)
+        if cfg.vision.pretrained:
+            load_official_vision(tower, cfg.vision.pretrained)
+    if cfg.chat.bridge == "mlp+qllama" and model_g is None:
+        raise ValueError("model.chat.bridge=mlp+qllama needs init_from=<stage-2 (generative) export> for QLLaMA")
+    return build_chat_model(cfg.chat, vision_tower=tower, tokenizer=tokenizer,
+                            model_g=model_g if cfg.chat.bridge == "mlp+qllama" else None)
+
+
+def load_official_vision(tower: nn.Module, path: str) -> None:
+    """Official InternViT weights (optionally `vision_model.`-prefixed) into a bare tower; the position
+    embeddings are resized when the checkpoint was trained at another resolution."""
+    state = checkpoint.read_state_dict(path)
+    prefix = "vision_model."
+    if any(k.startswith(prefix) for k in state):
+        state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    state = internvit.official_to_ours({k: v for k, v in state.items() if not k.startswith("clip_projector.")})
+    own = tower.state_dict()[_POS_KEY]
+    if _POS_KEY in state and state[_POS_KEY].shape != own.shape:
+        grid = int(round((own.shape[1] - 1) ** 0.5))
+        log.info("resizing %s %s -> grid %d", _POS_KEY, tuple(state[_POS_KEY].shape), grid)
+        state[_POS_KEY] = internvit.resize_position_embedding(state[_POS_KEY], grid)
+    log.info("chat ViT from %s: %s", path, checkpoint.load_state_into(tower, state).summary())
+
+
+def _continue_chat(path: str, tokenizer: Any, gradient_checkpointing: bool) -> ChatBuild:
+    """Continue from a chat checkpoint: its own config (ps_version, sizes) wins over model.chat."""
+    tokenizer = tokenizer if tokenizer is not None else AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+    new_tokens = add_chat_special_tokens(tokenizer)
+    if new_tokens:
+        raise ValueError(f"{path}: the tokenizer lacks {new_tokens}; give the tokenizer the chat model was "
+                         "trained with")
+    model, _ = load_chat_model(path, tokenizer.convert_tokens_to_ids("<IMG_CONTEXT>"))
+    if gradient_checkpointing:
+        model.activation_checkpointing_enable()
+    log.info("chat model continued from %s (all %d tensors loaded)", path, len(model.state_dict()))
+    return ChatBuild(model=model.train(), tokenizer=tokenizer, new_parameters=[])

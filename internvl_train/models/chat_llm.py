@@ -1,0 +1,121 @@
+"""The chat model's LLM side: special tokens, loading a local causal LM or building one from an inline config,
+and growing its embeddings for the new tokens."""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PretrainedConfig, PreTrainedModel
+
+from internvl_train.models.chat_config import ChatConfig, ChatLLMConfig
+
+log = logging.getLogger(__name__)
+
+IMG_START_TOKEN = "<img>"
+IMG_END_TOKEN = "</img>"
+IMG_CONTEXT_TOKEN = "<IMG_CONTEXT>"
+# The official order: ids of these tokens in every InternVL-Chat tokenizer follow from it.
+CHAT_SPECIAL_TOKENS = (IMG_START_TOKEN, IMG_END_TOKEN, IMG_CONTEXT_TOKEN, "<quad>", "</quad>", "<ref>", "</ref>",
+                       "<box>", "</box>")
+
+
+@dataclass(frozen=True)
+class ImageTokenSpec:
+    """What the data pipeline needs to build an image block: `<img>` + `<IMG_CONTEXT>` x (n * tiles) + `</img>`."""
+
+    start_token: str
+    end_token: str
+    context_token: str
+    context_token_id: int
+    num_image_token: int  # LLM tokens per tile (vision tokens plus bridge query tokens)
+    tile_size: int  # pixels per tile side (the ViT's resolution, force_image_size)
+
+    def image_block(self, num_tiles: int) -> str:
+        return self.start_token + self.context_token * (self.num_image_token * num_tiles) + self.end_token
+
+
+def add_chat_special_tokens(tokenizer: Any) -> list[str]:
+    """Add the InternVL-Chat special tokens in the official order; return the ones that were new."""
+    vocab = tokenizer.get_vocab()
+    new = [t for t in CHAT_SPECIAL_TOKENS if t not in vocab]
+    if new and len(new) != len(CHAT_SPECIAL_TOKENS):
+        present = [t for t in CHAT_SPECIAL_TOKENS if t in vocab]
+        log.warning("tokenizer already has %s; adding only %s", present, new)
+    tokenizer.add_tokens(new, special_tokens=True)
+    # Named tokens transformers' InternVLProcessor reads (`tokenizer.context_image_token[_id]`); saved with the
+    # tokenizer config as `extra_special_tokens`.
+    tokenizer._set_model_specific_special_tokens({"start_image_token": IMG_START_TOKEN,
+                                                  "end_image_token": IMG_END_TOKEN,
+                                                  "context_image_token": IMG_CONTEXT_TOKEN})
+    return new
+
+
+def image_context_token_id(tokenizer: Any) -> int:
+    token_id = tokenizer.convert_tokens_to_ids(IMG_CONTEXT_TOKEN)
+    if token_id is None or token_id == tokenizer.unk_token_id:
+        raise ValueError(f"tokenizer has no {IMG_CONTEXT_TOKEN}: call add_chat_special_tokens(tokenizer) first")
+    return int(token_id)
+
+
+def load_tokenizer(cfg: ChatConfig) -> Any:
+    if cfg.llm_path is None:
+        raise ValueError("model.chat.llm_path is not set: pass a tokenizer to build_chat_model for an inline LLM")
+    _require_local_dir(cfg.llm_path)
+    return AutoTokenizer.from_pretrained(cfg.llm_path, trust_remote_code=False)
+
+
+def make_llm_config(arch: ChatLLMConfig, vocab_size: int, attn_implementation: str) -> PretrainedConfig:
+    """A transformers config (LlamaConfig / Qwen2Config) from the inline architecture."""
+    return AutoConfig.for_model(
+        arch.model_type,
+        hidden_size=arch.hidden_size,
+        num_hidden_layers=arch.num_layers,
+        num_attention_heads=arch.num_heads,
+        num_key_value_heads=arch.num_kv_heads or arch.num_heads,
+        intermediate_size=arch.intermediate_size,
+        vocab_size=arch.vocab_size or vocab_size,
+        max_position_embeddings=arch.max_position_embeddings,
+        rope_theta=arch.rope_theta,
+        rms_norm_eps=arch.rms_norm_eps,
+        tie_word_embeddings=arch.tie_word_embeddings,
+        attn_implementation=attn_implementation,
+    )
+
+
+def load_or_build_llm(cfg: ChatConfig, vocab_size: int, dtype: Optional[torch.dtype]) -> PreTrainedModel:
+    """The causal LM: from the local directory cfg.llm_path (safetensors preferred, no remote code) or fresh."""
+    if cfg.llm_path is not None:
+        _require_local_dir(cfg.llm_path)
+        log.info("loading LLM weights from %s", cfg.llm_path)
+        return AutoModelForCausalLM.from_pretrained(
+            cfg.llm_path, trust_remote_code=False, attn_implementation=cfg.attn_implementation, dtype=dtype)
+    assert cfg.llm is not None  # ChatConfig.validate guarantees llm_path or llm
+    llm = AutoModelForCausalLM.from_config(
+        make_llm_config(cfg.llm, vocab_size, cfg.attn_implementation), trust_remote_code=False, dtype=dtype)
+    log.info("new: LLM built from the inline config (%s, %d layers, width %d), randomly initialised",
+             cfg.llm.model_type, cfg.llm.num_layers, cfg.llm.hidden_size)
+    return llm
+
+
+@torch.no_grad()
+def grow_embeddings(llm: PreTrainedModel, vocab_size: int) -> int:
+    """Resize input/output embeddings to vocab_size; new rows start at the mean of the old ones (as official).
+
+    Returns the number of new rows (0 when the vocabulary is already large enough)."""
+    old = llm.get_input_embeddings().weight.shape[0]
+    if vocab_size <= old:
+        return 0
+    llm.resize_token_embeddings(vocab_size, mean_resizing=False)
+    for emb in {id(m): m for m in (llm.get_input_embeddings(), llm.get_output_embeddings()) if m is not None}.values():
+        emb.weight[old:] = emb.weight[:old].mean(dim=0, keepdim=True)
+    return vocab_size - old
+
+
+def _require_local_dir(path: str) -> None:
+    if not os.path.isdir(path):
+        raise FileNotFoundError(
+            f"model.chat.llm_path={path!r} is not a local directory: download the HF model first "
+            "(nothing is fetched at run time)")

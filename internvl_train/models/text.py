@@ -1,0 +1,87 @@
+"""The LLaMA text tower (transformers LlamaForCausalLM, LM head kept for stage 2's ITG) and caption inputs."""
+from __future__ import annotations
+
+from typing import Any, Optional, Sequence
+
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from internvl_train.models.config import TextTowerConfig
+from internvl_train.models.hf_init import construct_hf
+
+
+def llama_config(cfg: TextTowerConfig, vocab_size: Optional[int] = None) -> LlamaConfig:
+    """Our TextTowerConfig -> a fresh transformers LlamaConfig; `vocab_size` overrides a null config value."""
+    vocab = vocab_size or cfg.vocab_size
+    if vocab is None:
+        raise ValueError("model.text.vocab_size is null and no tokenizer vocabulary size was given; set "
+                         "model.text.vocab_size or build the model with vocab_size=len(tokenizer)")
+    return LlamaConfig(
+        hidden_size=cfg.hidden_size,
+        num_hidden_layers=cfg.num_layers,
+        num_attention_heads=cfg.num_heads,
+        num_key_value_heads=cfg.kv_heads,
+        intermediate_size=cfg.intermediate_size,
+        vocab_size=vocab,
+        max_position_embeddings=cfg.max_position_embeddings,
+        rms_norm_eps=cfg.rms_norm_eps,
+        rope_theta=cfg.rope_theta,
+        pad_token_id=cfg.pad_token_id,
+        tie_word_embeddings=False,
+        use_cache=False,
+        attn_implementation=cfg.attn_implementation,
+    )
+
+
+def build_text_tower(cfg: TextTowerConfig, vocab_size: Optional[int] = None) -> LlamaForCausalLM:
+    model = construct_hf(lambda: LlamaForCausalLM(llama_config(cfg, vocab_size)))
+    if cfg.gradient_checkpointing:
+        model.activation_checkpointing_enable()
+    return model
+
+
+def load_text_tokenizer(cfg: TextTowerConfig) -> Any:
+    """The tokenizer of `model.text.tokenizer` (else `model.text.pretrained`): local files only, no remote code."""
+    path = cfg.tokenizer or cfg.pretrained
+    if path is None:
+        raise ValueError("model.text.tokenizer and model.text.pretrained are both null: give a local tokenizer "
+                         "directory (or let the stage build its demo tokenizer)")
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=False)
+
+
+def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Index of the last non-pad token per row (works for right and left padding)."""
+    positions = torch.arange(attention_mask.shape[1], device=attention_mask.device)
+    return (attention_mask.long() * (positions + 1)).argmax(dim=1)
+
+
+def gather_last_token(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """hidden [B, T, D] -> [B, D] at each row's last non-pad token (the appended EOS)."""
+    rows = torch.arange(hidden.shape[0], device=hidden.device)
+    return hidden[rows, last_token_index(attention_mask)]
+
+
+def prepare_caption_inputs(tokenizer: Any, captions: Sequence[str], prefix: str = "summarize:",
+                           max_length: int = 80, pad_to_max_length: bool = False) -> dict[str, torch.Tensor]:
+    """Tokenise `prefix + caption` as InternVL-C does: BOS (if the tokenizer adds one), truncation so the
+    appended EOS always fits in `max_length`, right padding with the tokenizer's pad id (0 when it has
+    none, as the official code), and an explicit attention mask (never inferred from `id > 0`)."""
+    eos = tokenizer.eos_token_id
+    if eos is None:
+        raise ValueError("the tokenizer has no eos_token_id; caption embeddings are read at the EOS token")
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    rows = []
+    for caption in captions:
+        ids = tokenizer(prefix + caption, add_special_tokens=True)["input_ids"]
+        if ids and ids[-1] == eos:
+            ids = ids[:-1]  # tokenizers configured to add EOS already: keep exactly one
+        rows.append(list(ids[: max_length - 1]) + [eos])
+    width = max_length if pad_to_max_length else max(len(r) for r in rows)
+    input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        input_ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+        attention_mask[i, : len(row)] = 1
+    return {"input_ids": input_ids, "attention_mask": attention_mask}
