@@ -1,0 +1,146 @@
+"""Configuration of the image-text data (schema `data_schema`). No torch import: validation must be fast."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import List, Optional
+
+from data_pipelines.sft.config import SftDataConfig
+
+NORMALIZATIONS = ("imagenet", "clip")
+REMOTE_PREFIXES = ("pipe:", "http://", "https://", "s3://", "gs://", "hf://", "ais://")
+
+
+@dataclass
+class PairSourceConfig:
+    """One set of webdataset shards: `urls` is a brace pattern (`dir/shard-{000000..000099}.tar`),
+    several patterns joined by `::`, or a `pipe:` command. `weight` matters only with `resampled`."""
+
+    urls: str = "???"
+    weight: float = 1.0
+
+
+@dataclass
+class AugmentConfig:
+    """Training-time augmentation (evaluation always resizes + centre-crops)."""
+
+    random_resized_crop: bool = False
+    scale_min: float = 0.9  # RandomResizedCrop area range
+    scale_max: float = 1.0
+    hflip: bool = False  # off by default: captions may say "left"/"right"
+
+
+@dataclass
+class EvalSetConfig:
+    """A held-out set: webdataset shards or a CSV of image,caption[,label] (paths relative to the CSV).
+    `classnames_file` (one class per line, line i = label i) and `templates_file` (one prompt per line
+    with `{}` for the class name) enable zero-shot classification."""
+
+    name: str = "???"
+    shards: Optional[str] = None
+    csv: Optional[str] = None
+    classnames_file: Optional[str] = None
+    templates_file: Optional[str] = None
+    batch_size: int = 64
+
+
+@dataclass
+class DataConfig:
+    """Image-text pairs for stages 1 and 2 (+ the SFT conversations of stage 3 under `sft`).
+
+    `demo: true` uses the embedded synthetic demo data (generated on first use, cached) for training and
+    evaluation; otherwise `sources` lists the training shards. Epoch mode (`resampled: false`) sees every
+    sample once per epoch; resampled mode draws shards with replacement by source weight, endlessly.
+    """
+
+    demo: bool = False
+    sources: List[PairSourceConfig] = field(default_factory=list)
+    resampled: bool = False
+    shuffle_buffer: int = 1000  # samples shuffled together (one read chunk per worker)
+    image_size: int = 224
+    normalization: str = "imagenet"  # imagenet | clip
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    num_workers: int = 2
+    prefetch_factor: int = 2
+    max_image_pixels: int = 50_000_000  # decompression-bomb limit, checked from the header before decoding
+    eval_sets: List[EvalSetConfig] = field(default_factory=list)
+    sft: SftDataConfig = field(default_factory=SftDataConfig)
+
+    def validate(self) -> None:
+        """Checks of this node that hold for every stage (stage 3 has no pair sources)."""
+        from internvl_train.config import ConfigError
+
+        if self.normalization not in NORMALIZATIONS:
+            raise ConfigError("data.normalization", f"{self.normalization!r} is not one of {NORMALIZATIONS}")
+        for key in ("image_size", "shuffle_buffer", "max_image_pixels", "prefetch_factor"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"data.{key}", f"must be >= 1, got {getattr(self, key)}")
+        if self.num_workers < 0:
+            raise ConfigError("data.num_workers", f"must be >= 0, got {self.num_workers}")
+        if not 0 < self.augment.scale_min <= self.augment.scale_max <= 1:
+            raise ConfigError("data.augment", "need 0 < scale_min <= scale_max <= 1")
+
+    def validate_pair_sources(self) -> None:
+        """What stages 1 and 2 need: training shards that exist (or the demo) and readable eval sets."""
+        from internvl_train.config import ConfigError
+
+        if self.demo and self.sources:
+            raise ConfigError("data.sources", "demo: true uses the embedded demo shards; set demo: false "
+                              "to train on your own sources")
+        if not self.demo and not self.sources:
+            raise ConfigError("data.sources", "no training shards: set data.sources=[{urls: ...}] or data=demo")
+        for i, source in enumerate(self.sources):
+            _validate_source(f"data.sources[{i}]", source, self.resampled)
+        for i, eval_set in enumerate(self.eval_sets):
+            _validate_eval_set(f"data.eval_sets[{i}]", eval_set)
+
+
+def expand_urls(urls: str) -> list[str]:
+    """Brace-expand a shard pattern; `::` separates several patterns (webdataset convention)."""
+    import braceexpand
+
+    out: list[str] = []
+    for part in urls.split("::"):
+        out.extend(braceexpand.braceexpand(part.strip()))
+    return out
+
+
+def is_remote(url: str) -> bool:
+    return url.startswith(REMOTE_PREFIXES)
+
+
+def _validate_source(key: str, source: PairSourceConfig, resampled: bool) -> None:
+    from internvl_train.config import ConfigError
+
+    if not source.urls or source.urls == "???":
+        raise ConfigError(f"{key}.urls", "required: a brace pattern of .tar shards or a pipe: command")
+    if source.weight <= 0:
+        raise ConfigError(f"{key}.weight", f"must be > 0, got {source.weight}")
+    if source.weight != 1.0 and not resampled:
+        raise ConfigError(f"{key}.weight", "weights mix sources only with data.resampled=true "
+                          "(epoch mode reads every sample exactly once)")
+    shards = expand_urls(source.urls)
+    if not resampled and any(is_remote(u) for u in shards):
+        missing_stats = [u for u in shards if is_remote(u)]
+        raise ConfigError(f"{key}.urls", f"epoch mode needs per-shard sample counts, which remote shards "
+                          f"({missing_stats[0]}) cannot provide: use data.resampled=true or local shards")
+    missing = [u for u in shards if not is_remote(u) and not os.path.isfile(u)]
+    if missing:
+        raise ConfigError(f"{key}.urls", f"{len(missing)} of {len(shards)} shards do not exist, first: "
+                          f"{missing[0]} (check the path and the brace range)")
+
+
+def _validate_eval_set(key: str, eval_set: EvalSetConfig) -> None:
+    from internvl_train.config import ConfigError
+
+    if (eval_set.shards is None) == (eval_set.csv is None):
+        raise ConfigError(key, "set exactly one of shards / csv")
+    paths = expand_urls(eval_set.shards) if eval_set.shards else [eval_set.csv]
+    paths += [p for p in (eval_set.classnames_file, eval_set.templates_file) if p]
+    for path in paths:
+        if not is_remote(path) and not os.path.isfile(path):
+            raise ConfigError(key, f"file not found: {path}")
+    if (eval_set.classnames_file is None) != (eval_set.templates_file is None):
+        raise ConfigError(key, "zero-shot needs both classnames_file and templates_file")
+    if eval_set.batch_size < 1:
+        raise ConfigError(f"{key}.batch_size", f"must be >= 1, got {eval_set.batch_size}")
