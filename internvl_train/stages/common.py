@@ -1,0 +1,65 @@
+"""Helpers shared by the stages: tokenizer resolution, batch placement, stable sample ids."""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from typing import Any, Mapping, Optional
+
+import torch
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+
+def tokenizer_source(cfg: Any) -> str:
+    """Where the run's tokenizer comes from, first that exists: model.text.tokenizer, the init_from export
+    (every stage exports its tokenizer next to its weights), model.text.pretrained, the demo tokenizer."""
+    text = cfg.model.text
+    candidates = [text.tokenizer, cfg.init_from, text.pretrained]
+    for path in candidates:
+        if path and os.path.isfile(os.path.join(path, "tokenizer_config.json")):
+            return path
+    if text.tokenizer:
+        raise FileNotFoundError(f"model.text.tokenizer={text.tokenizer}: no tokenizer_config.json there; "
+                                "point it at a Hugging Face tokenizer directory")
+    if cfg.data.demo:
+        from data_pipelines.demo import ensure_demo_data
+
+        return ensure_demo_data().tokenizer_dir
+    raise FileNotFoundError("no tokenizer: set model.text.tokenizer=<HF tokenizer dir> (or model.text.pretrained "
+                            "to a LLaMA directory that ships one)")
+
+
+def load_tokenizer(cfg: Any) -> Any:
+    from transformers import AutoTokenizer
+
+    path = tokenizer_source(cfg)
+    log.info("tokenizer from %s", path)
+    return AutoTokenizer.from_pretrained(path)  # never trust_remote_code
+
+
+def model_dtype(model: nn.Module) -> torch.dtype:
+    """The compute dtype: DeepSpeed bf16 casts the module, so inputs must follow it."""
+    for param in model.parameters():
+        if param.is_floating_point():
+            return param.dtype
+    return torch.float32
+
+
+def to_device(batch: Mapping[str, Any], device: torch.device | str, dtype: Optional[torch.dtype] = None) -> dict:
+    """Tensors to `device`; floating tensors (images) also to `dtype`; everything else unchanged."""
+    out = {}
+    for key, value in batch.items():
+        if isinstance(value, torch.Tensor):
+            value = value.to(device, non_blocking=True)
+            if dtype is not None and value.is_floating_point():
+                value = value.to(dtype)
+        out[key] = value
+    return out
+
+
+def stable_ids(keys: list[str], device: torch.device | str = "cpu") -> torch.Tensor:
+    """An int64 id per sample key, equal on every rank (Python's hash() is salted per process)."""
+    ids = [int.from_bytes(hashlib.blake2b(k.encode(), digest_size=7).digest(), "big") for k in keys]
+    return torch.tensor(ids, dtype=torch.long, device=device)
