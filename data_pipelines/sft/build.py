@@ -7,6 +7,7 @@ from data_pipelines.sft.config import SftDataConfig
 from data_pipelines.sft.encode import ConversationEncoder, EncoderSettings
 from data_pipelines.sft.loader import SftLoader
 from data_pipelines.sft.source import open_source
+from data_pipelines.sft.templates import TEMPLATE_NAMES
 
 
 def resolve_sources(cfg: SftDataConfig) -> tuple[str | None, str | None, str | None]:
@@ -20,10 +21,13 @@ def resolve_sources(cfg: SftDataConfig) -> tuple[str | None, str | None, str | N
 
 
 def build_sft_loader(cfg: SftDataConfig, tokenizer: Any, rank: int, world_size: int, micro_batch_size: int,
-                     seed: int, num_image_token: int, image_size: int) -> SftLoader:
+                     seed: int, num_image_token: int, image_size: int, template: str) -> SftLoader:
     """The endless, resumable SFT loader of this rank. `num_image_token` and `image_size` come from the
-    model (tokens per tile after pixel shuffle, ViT input size) and override the config's values."""
+    model (tokens per tile after pixel shuffle, ViT input size) and override the config's values;
+    `template` is the chat model's conversation template (TEMPLATE_NAMES)."""
     cfg.validate()
+    if template not in TEMPLATE_NAMES:
+        raise ValueError(f"unknown conversation template {template!r}; choose one of {TEMPLATE_NAMES}")
     if tokenizer.pad_token_id is None:
         raise ValueError("the tokenizer has no pad token: set tokenizer.pad_token (e.g. to its eos or <pad>) "
                          "before building the SFT loader")
@@ -31,7 +35,7 @@ def build_sft_loader(cfg: SftDataConfig, tokenizer: Any, rank: int, world_size: 
     if num_image_token < 1:
         raise ValueError("num_image_token must come from the model (tokens per tile), got 0")
     settings = EncoderSettings(
-        template=cfg.template, system_message=cfg.system_message, num_image_token=num_image_token,
+        template=template, system_message=cfg.system_message, num_image_token=num_image_token,
         image_size=image_size, min_tiles=cfg.min_dynamic_patch, max_tiles=cfg.max_dynamic_patch,
         use_thumbnail=cfg.use_thumbnail, dynamic=cfg.dynamic_image_size, max_seq_len=cfg.max_seq_len,
         max_tiles_per_sample=cfg.max_tiles_per_row)

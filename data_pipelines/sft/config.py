@@ -13,16 +13,14 @@ class SftDataConfig:
     """Where the conversations come from and how they become packed, tokenised micro-batches.
 
     Exactly one source: `demo` (the embedded demo conversations), `meta_path` (an InternVL-Chat meta
-    JSON) or `llava_json` (a LLaVA JSON list, images under `image_root`).
+    JSON) or `llava_json` (a LLaVA JSON list, images under `image_root`). The conversation template is the
+    chat model's (`model.chat.template`): build_sft_loader takes it as an argument.
     """
 
     demo: bool = False
     meta_path: Optional[str] = None
     llava_json: Optional[str] = None
     image_root: Optional[str] = None
-    # Conversation template: internvl2_5 | internlm2-chat | Hermes-2 | vicuna_v1 | tokenizer (the
-    # tokenizer's own chat_template).
-    template: str = "internvl2_5"
     system_message: Optional[str] = None  # None: the template's default system message
     max_seq_len: int = 4096  # per sample; longer samples lose whole trailing turns
     packing: bool = False
@@ -65,7 +63,6 @@ class SftDataConfig:
         if self.packing and self.max_packed_tokens < self.max_seq_len:
             raise ConfigError("data.sft.max_packed_tokens",
                               f"must be >= max_seq_len ({self.max_seq_len}) so every sample fits a row")
-        self._validate_template()
         self._validate_paths()
 
     def _validate_paths(self) -> None:
@@ -79,11 +76,3 @@ class SftDataConfig:
             path = getattr(self, key)
             if path and not os.path.isdir(path):
                 raise ConfigError(f"data.sft.{key}", f"folder not found: {path}")
-
-    def _validate_template(self) -> None:
-        from internvl_train.config import ConfigError
-
-        from data_pipelines.sft.templates import TEMPLATE_NAMES
-
-        if self.template not in TEMPLATE_NAMES:
-            raise ConfigError("data.sft.template", f"unknown template {self.template!r}; choose one of {TEMPLATE_NAMES}")

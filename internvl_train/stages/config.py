@@ -6,8 +6,9 @@ groups. No torch import (validated before anything heavy is loaded).
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
-from typing import Any
+import os
+from dataclasses import dataclass, field
+from typing import Any, List, Optional
 
 from omegaconf import MISSING
 
@@ -63,6 +64,9 @@ class ContrastiveStageConfig(StageConfig):
     def unused_config(self) -> tuple[str, ...]:
         return IMAGE_TEXT_STAGES_UNUSED
 
+    def validate_run(self, run: Any) -> None:
+        run.data.validate_pair_sources()
+
 
 @dataclass
 class GenerativeStageConfig(StageConfig):
@@ -77,9 +81,21 @@ class GenerativeStageConfig(StageConfig):
     caption_prefix: str = "summarize:"
     max_text_len: int = 80
     lora_rank: int = 0  # LoRA on the inherited QLLaMA weights when > 0
+    lora_alpha: float = 16.0
+    # weights when init_from, model.pretrained and the towers' pretrained are all null: the demo stage-1 run
+    default_init_from: str = "runs/contrastive/export"
+    caption_max_new_tokens: int = 32  # greedy caption decoding at evaluation
+    caption_eval_images: int = 200  # held-out images captioned per eval set (0 = none, skips captioning)
+    itm_rerank_k: int = 0  # > 0: also report G retrieval with the top-k re-ranked by the ITM head
 
     def validate(self) -> None:
         super().validate()
+        for key in ("caption_max_new_tokens", "caption_eval_images", "itm_rerank_k"):
+            check_at_least(key, getattr(self, key), 0)
+        if self.lora_alpha <= 0:
+            raise ConfigError("lora_alpha", f"got {self.lora_alpha}, must be > 0")
+        if not self.default_init_from:
+            raise ConfigError("default_init_from", "must name the stage-1 export used when init_from is null")
         weights = {"itc_weight": self.itc_weight, "itm_weight": self.itm_weight, "itg_weight": self.itg_weight}
         for key, weight in weights.items():
             check_at_least(key, weight, 0)
@@ -93,44 +109,85 @@ class GenerativeStageConfig(StageConfig):
         return IMAGE_TEXT_STAGES_UNUSED
 
     def validate_run(self, run: Any) -> None:
-        """QLLaMA's three passes need custom attention masks and room for queries + caption tokens."""
+        """QLLaMA's three passes need custom attention masks and room for queries + caption tokens; the
+        weights to start from must exist (init_from, else an official checkpoint, else default_init_from)."""
+        run.data.validate_pair_sources()
         try:
             run.model.validate_qllama()
         except ConfigError as err:
             raise ConfigError(absolute_key("model", err.key), err.reason) from None
+        path = generative_init_from(run)
+        if path is not None and not os.path.exists(os.path.expanduser(path)):
+            raise ConfigError("init_from", f"null, and the default stage-1 export {path!r} does not exist: run "
+                                           "stage 1 first (python -m internvl_train stage=contrastive) or set "
+                                           "init_from=<a stage-1 export directory>")
+
+
+def generative_init_from(run: Any) -> Optional[str]:
+    """Where stage 2 takes its weights: `init_from` when set; None when model.pretrained or a tower's
+    `pretrained` names official weights (the model builder loads those); else `stage.default_init_from`."""
+    if run.init_from:
+        return run.init_from
+    model = run.model
+    if model.pretrained or model.vision.pretrained or model.text.pretrained:
+        return None
+    return run.stage.default_init_from
+
+
+DEFAULT_PREVIOUS_EXPORTS = ["runs/generative/export", "runs/contrastive/export"]
+VISION_INITS = ("previous", "scratch")
 
 
 @dataclass
 class SftStageConfig(StageConfig):
-    """Stage 3: InternVL-Chat supervised fine-tuning through the MLP bridge; parts freezable separately."""
+    """Stage 3: InternVL-Chat supervised fine-tuning through the MLP bridge; parts freezable separately.
+
+    The ViT comes from `init_from` (a stage-1/2 export or a chat checkpoint), else `model.vision.pretrained`,
+    else the first existing directory of `previous_exports` (the demo pipeline's stage-2 then stage-1
+    export); `vision_init=scratch` starts from a random ViT instead (the ablation of stages 1-2).
+    The conversation template is the chat model's: `model.chat.template`."""
 
     name: str = "sft"
     freeze_vision: bool = True
     freeze_mlp: bool = False
     freeze_llm: bool = False
     unfreeze_vision_last_k: int = 0  # with freeze_vision: train the last k ViT layers anyway
-    lora_llm_rank: int = 0
-    lora_vision_rank: int = 0
-    template: str = "internvl2_5"  # conversation template name
+    lora_llm_rank: int = 0  # LoRA adapters on the (frozen) LLM when > 0
+    lora_vision_rank: int = 0  # LoRA adapters on the (frozen) ViT when > 0
+    lora_alpha_ratio: float = 2.0  # lora_alpha = ratio x rank (the official scripts use 2r)
+    lora_dropout: float = 0.05
+    vision_init: str = "previous"  # previous | scratch
+    previous_exports: List[str] = field(default_factory=lambda: list(DEFAULT_PREVIOUS_EXPORTS))
+    eval_max_questions: int = 0  # held-out VQA questions evaluated; 0 = all
+    eval_batch_size: int = 16  # questions per generate() call
+    max_new_tokens: int = 16  # answer length cap at evaluation (short-answer VQA)
 
     def validate(self) -> None:
         super().validate()
-        for key in ("unfreeze_vision_last_k", "lora_llm_rank", "lora_vision_rank"):
+        for key in ("unfreeze_vision_last_k", "lora_llm_rank", "lora_vision_rank", "eval_max_questions"):
             check_at_least(key, getattr(self, key), 0)
-        if not self.template:
-            raise ConfigError("template", "must name a conversation template, e.g. internvl2_5")
+        for key in ("eval_batch_size", "max_new_tokens"):
+            check_at_least(key, getattr(self, key), 1)
+        check_at_least("lora_alpha_ratio", self.lora_alpha_ratio, 0)
+        if not 0 <= self.lora_dropout < 1:
+            raise ConfigError("lora_dropout", f"must be in [0, 1), got {self.lora_dropout}")
+        check_choice("vision_init", self.vision_init, VISION_INITS)
+        if self.unfreeze_vision_last_k and not self.freeze_vision:
+            raise ConfigError("unfreeze_vision_last_k", "only meaningful with freeze_vision=true (the whole ViT "
+                                                        "trains otherwise)")
+        for rank_key, freeze_key in (("lora_llm_rank", "freeze_llm"), ("lora_vision_rank", "freeze_vision")):
+            if getattr(self, rank_key) and not getattr(self, freeze_key):
+                raise ConfigError(rank_key, f"LoRA trains adapters on frozen weights: set stage.{freeze_key}=true")
         trains_something = (not (self.freeze_vision and self.freeze_mlp and self.freeze_llm)
                             or self.unfreeze_vision_last_k or self.lora_llm_rank or self.lora_vision_rank)
         if not trains_something:
             raise ConfigError("freeze_llm", "vision, MLP and LLM are all frozen and no LoRA is set: nothing to train")
 
     def validate_run(self, run: Any) -> None:
-        """Stage 3 needs a chat model, and it and the conversations must speak the stage's template."""
-        sft_data = run.data.sft
+        """Stage 3 needs a chat model; a scratch ViT excludes init_from."""
         if run.model.chat is None:
-            raise ConfigError("model.chat", "stage=sft needs a chat model: pick a model option that sets chat")
-        templates = {"stage.template": self.template, "data.sft.template": sft_data.template,
-                     "model.chat.template": run.model.chat.template}
-        if len(set(templates.values())) > 1:
-            raise ConfigError("stage.template", "conversation templates disagree: " +
-                              ", ".join(f"{key}={value}" for key, value in templates.items()))
+            raise ConfigError("model.chat", "stage=sft needs a chat model: pick a model option that sets chat "
+                                            "(e.g. model=chat_tiny)")
+        if self.vision_init == "scratch" and (run.init_from or run.model.vision.pretrained):
+            raise ConfigError("stage.vision_init", "scratch builds a random ViT: unset init_from and "
+                                                   "model.vision.pretrained, or use vision_init=previous")

@@ -9,6 +9,7 @@ over the whole step batch. Evaluation: zero-shot classification and image<->text
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any, Mapping
 
 import torch
@@ -17,7 +18,7 @@ from torch import nn
 from data_pipelines.eval_sets import build_pair_eval_sets
 from data_pipelines.pairs import build_pair_loader
 from internvl_train.losses.contrastive_accumulation import contrastive_accumulation_step
-from internvl_train.losses.itc import clamp_logit_scale_, itc_loss
+from internvl_train.losses.itc import MAX_LOGIT_SCALE, clamp_logit_scale_, itc_loss
 from internvl_train.models.builder import build_internvl_c
 from internvl_train.models.checkpoint import save_pretrained
 from internvl_train.models.flops import internvl_c_train_flops_per_sample
@@ -27,6 +28,7 @@ from internvl_train.stages.common import load_tokenizer, model_dtype, to_device
 from internvl_train.stages.image_text_eval import image_text_metrics
 
 log = logging.getLogger(__name__)
+MAX_SCALE = math.exp(MAX_LOGIT_SCALE)  # 100: temperature never below 1/100
 
 
 def locked_modules(tower_layers: nn.ModuleList, tower: nn.Module, unlocked_layers: int) -> list[nn.Module]:
@@ -79,7 +81,8 @@ class ContrastiveStage(Stage):
     def _encode(self, model: nn.Module, batch: Mapping[str, Any]) -> tuple[torch.Tensor, ...]:
         inputs = self._prepare(model, batch)
         out = model(inputs["pixel_values"], inputs["input_ids"], inputs["attention_mask"])
-        return out["image_embeds"], out["text_embeds"], out["logit_scale"]
+        # the clamp in the forward holds even where after_optimizer_step cannot reach a master copy (bf16, ZeRO-0)
+        return out["image_embeds"], out["text_embeds"], out["logit_scale"].clamp(max=MAX_SCALE)
 
     def compute_losses(self, model: nn.Module, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
         image, text, scale = self._encode(model, batch)

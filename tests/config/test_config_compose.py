@@ -15,8 +15,10 @@ STAGE_SCHEMAS = {"contrastive": ContrastiveStageConfig, "generative": Generative
 
 
 @pytest.mark.parametrize("stage", sorted(STAGE_SCHEMAS))
-def test_each_stage_composes_to_its_schema(compose_cfg, chat_model_dir, stage):
+def test_each_stage_composes_to_its_schema(compose_cfg, chat_model_dir, stage, tmp_path):
     overrides = [f"stage={stage}"] + (["data.sft.demo=true", "model=chat_fixture"] if stage == "sft" else [])
+    if stage == "generative":  # stage 2 requires its starting weights to exist (a stage-1 export)
+        overrides.append(f"init_from={tmp_path}")
     cfg = compose_cfg(overrides, extra_dirs=[chat_model_dir])
     assert OmegaConf.get_type(cfg, "stage") is STAGE_SCHEMAS[stage]
     assert "hydra" not in cfg
@@ -102,7 +104,7 @@ run_dir: runs/recipe_test
 
 def test_experiment_picks_options_and_values(compose_cfg, tmp_path):
     root = _write_experiment(tmp_path, "recipe_test", RECIPE)
-    run = check_run_config(compose_cfg(["experiment=recipe_test"], extra_dirs=[root]))
+    run = check_run_config(compose_cfg(["experiment=recipe_test", f"init_from={tmp_path}"], extra_dirs=[root]))
     assert isinstance(run.stage, GenerativeStageConfig) and run.stage.itm_weight == 0.5
     assert run.logger.backend == "none" and run.deepspeed.zero_stage == 2
     assert run.trainer.max_steps == 3 and run.trainer.lr_multipliers == {"vision.": 0.1}
@@ -111,8 +113,8 @@ def test_experiment_picks_options_and_values(compose_cfg, tmp_path):
 
 def test_command_line_overrides_beat_the_experiment(compose_cfg, tmp_path):
     root = _write_experiment(tmp_path, "recipe_test", RECIPE)
-    run = check_run_config(compose_cfg(["experiment=recipe_test", "trainer.max_steps=9", "logger=wandb"],
-                                       extra_dirs=[root]))
+    run = check_run_config(compose_cfg(["experiment=recipe_test", "trainer.max_steps=9", "logger=wandb",
+                                        f"init_from={tmp_path}"], extra_dirs=[root]))
     assert run.trainer.max_steps == 9 and run.logger.backend == "wandb"
     assert isinstance(run.stage, GenerativeStageConfig)
 

@@ -68,9 +68,10 @@ def test_every_training_conversation_loads(demo):
         r = json.loads(line)
         kinds["multi_image" if isinstance(r["image"], list) else f"turns_{len(r['conversations']) // 2}"] += 1
     assert kinds["multi_image"] > 0 and kinds["turns_1"] > 0 and kinds["turns_2"] + kinds["turns_3"] > 0
-    cfg = SftDataConfig(meta_path=paths.meta_path, template="internvl2_5", system_message="Be brief.",
+    cfg = SftDataConfig(meta_path=paths.meta_path, system_message="Be brief.",
                         packing=True, max_seq_len=512, max_packed_tokens=1024, num_workers=0)
-    loader = build_sft_loader(cfg, build_byte_bpe_tokenizer(), 0, 1, 2, 0, num_image_token=4, image_size=32)
+    loader = build_sft_loader(cfg, build_byte_bpe_tokenizer(), 0, 1, 2, 0, num_image_token=4, image_size=32,
+                              template="internvl2_5")
     while loader.epoch == 0:
         loader.next_batch()
     m = loader.metrics()

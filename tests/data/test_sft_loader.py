@@ -37,11 +37,11 @@ def meta(tmp_path_factory):
 
 
 def make(meta, tok, rank=0, world=1, mbs=2, seed=0, **cfg):
-    c = SftDataConfig(meta_path=meta, template="internvl2_5", image_size=SIZE, max_dynamic_patch=6,
+    c = SftDataConfig(meta_path=meta, image_size=SIZE, max_dynamic_patch=6,
                       system_message="Answer briefly.",
                       num_image_token=NIT, **cfg)
     return build_sft_loader(c, tok, rank=rank, world_size=world, micro_batch_size=mbs, seed=seed,
-                            num_image_token=NIT, image_size=SIZE)
+                            num_image_token=NIT, image_size=SIZE, template="internvl2_5")
 
 
 def same_batch(a, b):
@@ -127,8 +127,8 @@ def test_llava_json_source(tmp_path, tok):
     names = write_color_images(str(tmp_path / "imgs"), [(40, 30)])
     path = tmp_path / "llava.json"
     path.write_text(json.dumps([qa_record(names[0], [("What?", "A colour.")]), qa_record(None, [("Hi", "Yo")])]))
-    c = SftDataConfig(llava_json=str(path), image_root=str(tmp_path / "imgs"), template="vicuna_v1", image_size=SIZE)
-    loader = build_sft_loader(c, tok, 0, 1, 2, 0, NIT, SIZE)
+    c = SftDataConfig(llava_json=str(path), image_root=str(tmp_path / "imgs"), image_size=SIZE)
+    loader = build_sft_loader(c, tok, 0, 1, 2, 0, NIT, SIZE, template="vicuna_v1")
     b = loader.next_batch()
     assert b["num_samples"] == 2 and b["pixel_values"].shape[1:] == (3, SIZE, SIZE)
 
@@ -141,15 +141,15 @@ def test_all_bad_stops_with_reasons(tmp_path, tok):
     assert loader.metrics()["data/sft/skipped/bad_image"] == 5
 
 
-def test_config_validation(meta):
+def test_config_validation(meta, tok):
     from internvl_train.config import ConfigError
 
     with pytest.raises(ConfigError, match="exactly one"):
         SftDataConfig().validate()
     with pytest.raises(ConfigError, match="loss_reduction"):
         SftDataConfig(meta_path=meta, loss_reduction="mean").validate()
-    with pytest.raises(ConfigError, match="template"):
-        SftDataConfig(meta_path=meta, template="chatml").validate()
+    with pytest.raises(ValueError, match="template"):
+        build_sft_loader(SftDataConfig(meta_path=meta), tok, 0, 1, 2, 0, NIT, SIZE, template="chatml")
     with pytest.raises(ConfigError, match="image_root"):
         SftDataConfig(llava_json=meta).validate()
     with pytest.raises(ConfigError, match="file not found") as err:

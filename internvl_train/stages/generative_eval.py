@@ -1,0 +1,158 @@
+"""Stage-2 evaluation on one held-out set: retrieval with InternVL-C, InternVL-G and their official ensemble
+side by side (optionally G re-ranked by the ITM head), and greedy captions scored against a trivial baseline.
+
+Every model call goes through the module (`model(..., task=...)`) so ZeRO-3 gathers the parameters.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any, Callable
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from internvl_train.eval.captioning import caption_metrics, constant_caption_baseline
+from internvl_train.losses.collectives import all_gather_cat_uneven, all_reduce_sum
+from internvl_train.models.generation import greedy_captions
+from internvl_train.models.text import prepare_caption_inputs
+from internvl_train.stages.image_text_eval import image_text_metrics
+
+log = logging.getLogger(__name__)
+
+Prepare = Callable[[dict], dict]
+
+
+def _text_encoder(model: nn.Module, tokenizer: Any, st: Any, device: Any) -> Callable[[list[str]], torch.Tensor]:
+    def encode_texts(captions: list[str]) -> torch.Tensor:
+        text = prepare_caption_inputs(tokenizer, captions, st.caption_prefix, st.max_text_len)
+        return model(text["input_ids"].to(device), text["attention_mask"].to(device), task="encode_text")
+
+    return encode_texts
+
+
+def _image_encoders(model: nn.Module) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
+    """c, g and the official InternVL-G ensemble normalize(normalize(c) + normalize(g)), one ViT pass each."""
+    last: dict[str, torch.Tensor] = {}
+
+    def tokens(pixels: torch.Tensor) -> torch.Tensor:
+        if last.get("pixels") is not pixels:
+            last.update(pixels=pixels, tokens=model(pixels, task="vision_tokens"))
+        return last["tokens"]
+
+    def c(pixels: torch.Tensor) -> torch.Tensor:
+        return model(tokens(pixels), task="encode_image_c")
+
+    def g(pixels: torch.Tensor) -> torch.Tensor:
+        return model(tokens(pixels), task="encode_image_g")
+
+    def cg(pixels: torch.Tensor) -> torch.Tensor:
+        return F.normalize(F.normalize(c(pixels), dim=-1) + F.normalize(g(pixels), dim=-1), dim=-1)
+
+    return {"c": c, "g": g, "cg": cg}
+
+
+@torch.no_grad()
+def retrieval_metrics_on(eval_set: Any, model: nn.Module, tokenizer: Any, st: Any, prepare: Prepare) -> dict[str, float]:
+    """'<set>/{c,g,cg}/{zeroshot_top1, i2t_R@1, ...}' and, with st.itm_rerank_k, '<set>/g_itm/...'."""
+    device = next(model.parameters()).device
+    encode_texts = _text_encoder(model, tokenizer, st, device)
+    out = image_text_metrics(eval_set, _image_encoders(model), encode_texts, prepare)
+    if st.itm_rerank_k:
+        out.update({f"{eval_set.name}/g_itm/{k}": v
+                    for k, v in itm_rerank_metrics(eval_set, model, tokenizer, st, prepare).items()})
+    return out
+
+
+# ---- ITM re-ranking ------------------------------------------------------------------------------
+def _embed_for_rerank(eval_set: Any, model: nn.Module, tokenizer: Any, st: Any, prepare: Prepare) -> dict:
+    """Every sample of the set on every rank: G image embedding, ViT tokens, caption ids and embedding."""
+    parts: dict[str, list[torch.Tensor]] = {k: [] for k in ("image", "tokens", "ids", "mask", "text")}
+    for batch in eval_set:
+        batch = prepare(batch)
+        tokens = model(batch["pixel_values"], task="vision_tokens")
+        text = prepare_caption_inputs(tokenizer, batch["captions"], st.caption_prefix, st.max_text_len,
+                                      pad_to_max_length=True)
+        ids, mask = text["input_ids"].to(tokens.device), text["attention_mask"].to(tokens.device)
+        parts["image"].append(F.normalize(model(tokens, task="encode_image_g").float(), dim=-1))
+        parts["text"].append(F.normalize(model(ids, mask, task="encode_text").float(), dim=-1))
+        parts["tokens"].append(tokens)
+        parts["ids"].append(ids)
+        parts["mask"].append(mask)
+    return {k: all_gather_cat_uneven(torch.cat(v)) for k, v in parts.items()}
+
+
+def _reranked_rank(scores: torch.Tensor, candidates: torch.Tensor, positive: int) -> int:
+    """Position of `positive` among `candidates` ordered by ITM match score (k when it is not a candidate)."""
+    hits = (candidates == positive).nonzero()
+    if hits.numel() == 0:
+        return candidates.numel()
+    return int((scores > scores[hits[0, 0]]).sum())
+
+
+def itm_rerank_metrics(eval_set: Any, model: nn.Module, tokenizer: Any, st: Any, prepare: Prepare) -> dict[str, float]:
+    """Recall@k (k <= itm_rerank_k) after re-ranking G's top-k by the ITM head's match probability.
+    Sample i of the set is image i and caption i (one caption per image); queries are split over ranks."""
+    emb = _embed_for_rerank(eval_set, model, tokenizer, st, prepare)
+    n, k = emb["image"].shape[0], min(st.itm_rerank_k, emb["image"].shape[0])
+    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+    sims = {"i2t": emb["image"] @ emb["text"].T, "t2i": emb["text"] @ emb["image"].T}
+    ks = [r for r in (1, 5, 10) if r <= k]
+    hits = torch.zeros(2, len(ks), dtype=torch.float64)
+    for d, (direction, sim) in enumerate(sims.items()):
+        for query in range(rank, n, world):
+            candidates = sim[query].topk(k).indices
+            images = candidates if direction == "t2i" else torch.full_like(candidates, query)
+            texts = candidates if direction == "i2t" else torch.full_like(candidates, query)
+            width = int(emb["mask"][texts].sum(dim=1).max())
+            logits = model(emb["tokens"][images], emb["ids"][texts][:, :width], emb["mask"][texts][:, :width],
+                           task="itm_logits")
+            position = _reranked_rank(logits.float().softmax(dim=-1)[:, 1], candidates, query)
+            hits[d] += torch.tensor([float(position < r) for r in ks], dtype=torch.float64)
+    hits = all_reduce_sum(hits.to(emb["image"].device)).cpu() * 100.0 / n
+    return {f"{direction}_R@{r}": float(hits[d, j]) for d, direction in enumerate(sims) for j, r in enumerate(ks)}
+
+
+# ---- captioning ----------------------------------------------------------------------------------
+def _all_gather_dicts(local: dict) -> dict:
+    if not (dist.is_initialized() and dist.get_world_size() > 1):
+        return local
+    parts: list = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, local)
+    return {k: v for part in parts for k, v in part.items()}
+
+
+@torch.no_grad()
+def caption_metrics_on(eval_set: Any, model: nn.Module, tokenizer: Any, st: Any, prepare: Prepare) -> dict[str, float]:
+    """Greedy captions of the set's first ~st.caption_eval_images images (split over ranks), BLEU-4 and CIDEr
+    against their captions, and the same scores of a trivial baseline: one constant caption for every image,
+    the most frequent caption of the set's other images (of the captioned ones when there are no others)."""
+    world = dist.get_world_size() if dist.is_initialized() else 1
+    share = math.ceil(st.caption_eval_images / world)
+    predictions: dict[str, str] = {}
+    references: dict[str, list[str]] = {}
+    others: dict[str, str] = {}
+    itg = lambda v, i, m: model(v, i, m, task="itg_logits")  # noqa: E731
+    for batch in eval_set:
+        todo = share - len(predictions)
+        others.update(zip(batch["keys"][todo:], batch["captions"][todo:]) if todo > 0 else
+                      zip(batch["keys"], batch["captions"]))
+        if todo <= 0:
+            continue
+        batch = prepare(batch)
+        tokens = model(batch["pixel_values"][:todo], task="vision_tokens")
+        captions = greedy_captions(itg, tokenizer, tokens, st.itg_prefix, st.caption_max_new_tokens)
+        for key, caption, reference in zip(batch["keys"], captions, batch["captions"]):
+            predictions[key], references[key] = caption, [reference]
+    predictions, references = _all_gather_dicts(predictions), _all_gather_dicts(references)
+    others = _all_gather_dicts(others)
+    for key in sorted(predictions)[:3]:
+        log.info("caption %s: %r (reference %r)", key, predictions[key], references[key][0])
+    ours = caption_metrics(predictions, references)
+    baseline = constant_caption_baseline(references, list(others.values()) or None)
+    prefix = f"{eval_set.name}/caption"
+    return {f"{prefix}/bleu4": ours["bleu4"], f"{prefix}/cider": ours["cider"],
+            f"{prefix}/baseline_bleu4": baseline["bleu4"], f"{prefix}/baseline_cider": baseline["cider"],
+            f"{prefix}/n_images": float(len(predictions))}

@@ -1,0 +1,120 @@
+"""Stage-3 model plumbing: where the ViT and the tokenizer come from, which parts train, LoRA adapters (peft)
+and their merge for export."""
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any, Optional
+
+import torch
+from torch import nn
+
+from internvl_train.models.chat import InternVLChatModel, chat_parts
+from internvl_train.models.chat_builder import is_chat_checkpoint
+from internvl_train.stages.contrastive import locked_modules
+
+log = logging.getLogger(__name__)
+
+LLM_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+VISION_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "projection_layer", "fc1", "fc2"]
+PRODUCE_PREVIOUS = ("python -m internvl_train stage=contrastive   # stage 1 -> runs/contrastive/export\n"
+                    "  python -m internvl_train stage=generative    # stage 2 -> runs/generative/export")
+
+
+def resolve_vision_init(cfg: Any) -> Optional[str]:
+    """The checkpoint the chat model starts from: `init_from`; None for a scratch ViT or official
+    `model.vision.pretrained` weights; else the first existing `stage.previous_exports` directory."""
+    stage = cfg.stage
+    if cfg.init_from or stage.vision_init == "scratch" or cfg.model.vision.pretrained:
+        return cfg.init_from or None
+    for path in stage.previous_exports:
+        if os.path.isdir(path):
+            log.info("init_from is null: the ViT comes from the previous stage's export %s", path)
+            return path
+    raise FileNotFoundError(
+        f"init_from is null and no previous stage export exists (looked for {list(stage.previous_exports)}, "
+        f"relative to {os.getcwd()}). Produce one with\n  {PRODUCE_PREVIOUS}\nor pass init_from=<stage-1/2 "
+        "export or chat checkpoint>, model.vision.pretrained=<official InternViT>, or stage.vision_init=scratch")
+
+
+def load_sft_tokenizer(cfg: Any, init_from: Optional[str]) -> Any:
+    """The LLM's tokenizer: a chat checkpoint's own, else model.chat.llm_path's, else model.text.tokenizer,
+    else the init_from export's (stages 1/2 export theirs), else the demo tokenizer."""
+    from transformers import AutoTokenizer
+
+    chat, text = cfg.model.chat, cfg.model.text
+    candidates = [init_from if init_from and is_chat_checkpoint(init_from) else None, chat.llm_path,
+                  text.tokenizer, init_from]
+    for path in candidates:
+        if path and os.path.isfile(os.path.join(path, "tokenizer_config.json")):
+            log.info("tokenizer from %s", path)
+            return AutoTokenizer.from_pretrained(path)  # never trust_remote_code
+    if cfg.data.demo or cfg.data.sft.demo:
+        from data_pipelines.demo import ensure_demo_data
+
+        return AutoTokenizer.from_pretrained(ensure_demo_data().tokenizer_dir)
+    raise FileNotFoundError("no tokenizer for the chat LLM: set model.chat.llm_path (a local HF model directory "
+                            "with its tokenizer) or model.text.tokenizer")
+
+
+def add_lora_adapters(model: InternVLChatModel, stage: Any) -> list[str]:
+    """Inject LoRA (peft) into the LLM and/or the ViT per stage.lora_*_rank; returns the adapted parts."""
+    from peft import LoraConfig, inject_adapter_in_model
+
+    adapted = []
+    for part, rank, targets in (("llm", stage.lora_llm_rank, LLM_LORA_TARGETS),
+                                ("vision", stage.lora_vision_rank, VISION_LORA_TARGETS)):
+        if rank <= 0:
+            continue
+        module = model.model.language_model if part == "llm" else model.model.vision_tower
+        config = LoraConfig(r=rank, lora_alpha=stage.lora_alpha_ratio * rank, lora_dropout=stage.lora_dropout,
+                            target_modules=targets)
+        inject_adapter_in_model(config, module)
+        n = sum(p.numel() for name, p in module.named_parameters() if "lora_" in name)
+        log.info("new: LoRA rank %d on the %s (%s): %d parameters", rank, part, ",".join(targets), n)
+        adapted.append(part)
+    return adapted
+
+
+def frozen_parts(model: InternVLChatModel, stage: Any) -> list[nn.Module]:
+    """Modules that do not train: frozen parts whole, or, with LoRA, every non-adapter module holding weights;
+    with unfreeze_vision_last_k the frozen ViT keeps its last k layers trainable."""
+    parts = chat_parts(model)
+    frozen: list[nn.Module] = []
+    vision = model.model.vision_tower
+    if stage.freeze_vision:
+        if stage.lora_vision_rank:
+            frozen += _non_adapter_modules(vision)
+        elif stage.unfreeze_vision_last_k:
+            frozen += locked_modules(vision.encoder.layer, vision, stage.unfreeze_vision_last_k)
+        else:
+            frozen += parts["vision"]
+    if stage.freeze_mlp:
+        frozen += parts["mlp"]
+    if stage.freeze_llm:
+        frozen += [m for part in parts["llm"] for m in _non_adapter_modules(part)] if stage.lora_llm_rank \
+            else parts["llm"]
+    return frozen
+
+
+def _non_adapter_modules(module: nn.Module) -> list[nn.Module]:
+    return [m for name, m in module.named_modules()
+            if "lora_" not in name and any(True for _ in m.parameters(recurse=False))]
+
+
+@torch.no_grad()
+def merged_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The model's state with every LoRA adapter merged into its base weight, under the plain names
+    (`...q_proj.weight`), so exports load without peft."""
+    from peft.tuners.lora import LoraLayer
+
+    state = dict(model.state_dict())
+    for name, module in model.named_modules():
+        if not isinstance(module, LoraLayer):
+            continue
+        weight = state.pop(f"{name}.base_layer.weight")
+        delta = sum(module.get_delta_weight(a) for a in module.active_adapters if a in module.lora_A)
+        state[f"{name}.weight"] = (weight.float() + delta.float()).to(weight.dtype)
+        if f"{name}.base_layer.bias" in state:
+            state[f"{name}.bias"] = state.pop(f"{name}.base_layer.bias")
+    return {k: v for k, v in state.items() if ".lora_" not in k}
