@@ -108,3 +108,18 @@ def plain_summed_losses_gradient(cfg, batch: dict) -> dict[str, torch.Tensor]:
     for rows in (slice(0, 4), slice(4, 8)):
         (stage.compute_losses(model, slice_batch(batch, rows))["loss"] / 2).backward()
     return flat_grads(model)
+
+
+def test_paper_recipe_composes_and_names_missing_shards(tmp_path, monkeypatch):
+    from generative_helpers import compose_run
+    from internvl_train.config import ConfigError, check_run_config
+
+    monkeypatch.setenv("INTERNVL_DATA", str(tmp_path))
+    cfg = compose_run(["experiment=internvl_c_stage1"])
+    assert cfg.model.name == "internvl_c_6b" and cfg.model.vision.num_layers == 48
+    assert cfg.deepspeed.zero_stage == 3 and cfg.trainer.precision == "bf16" and cfg.data.resampled
+    assert [s.weight for s in cfg.data.sources] == [1.94, 1.87, 0.55, 0.54, 0.07]
+    assert not cfg.stage.lock_vision and not cfg.stage.lock_text
+    with pytest.raises(ConfigError) as err:
+        check_run_config(cfg)
+    assert err.value.key == "data.sources[0].urls" and str(tmp_path) in err.value.reason
