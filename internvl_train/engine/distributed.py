@@ -83,6 +83,8 @@ def init_distributed(timeout_s: int) -> DistInfo:
         deepspeed.init_distributed(dist_backend="nccl" if use_cuda else "gloo", auto_mpi_discovery=False,
                                    timeout=timedelta(seconds=timeout_s), rank=launch.rank,
                                    world_size=launch.world_size)
+    else:  # a second run in the same process (tests, notebooks): DeepSpeed's initialize reads LOCAL_RANK
+        os.environ.setdefault("LOCAL_RANK", str(launch.local_rank))
     return DistInfo(rank=launch.rank, world_size=launch.world_size, local_rank=launch.local_rank, device=device)
 
 

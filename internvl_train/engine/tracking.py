@@ -61,7 +61,6 @@ class Tracker:
     def _start_wandb(self, cfg: Any, run_dir: Path) -> Any:
         import wandb
 
-        os.environ["WANDB_DIR"] = str(run_dir)
         lg = cfg.logger
         self.run_id = self.run_id or new_run_id()
         return wandb.init(project=lg.project, entity=lg.entity, name=lg.name, tags=list(lg.tags),

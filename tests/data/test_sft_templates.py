@@ -190,8 +190,8 @@ def test_loader_counts_template_mismatches_and_stops(tmp_path):
     from data_pipelines.sft import SftDataConfig, build_sft_loader
 
     meta = write_meta_dataset(str(tmp_path), {"d": [qa_record(None, [("q", "a")])] * 6})
-    cfg = SftDataConfig(meta_path=meta, template="internvl2_5", num_workers=0, max_consecutive_failures=4)
-    loader = build_sft_loader(cfg, _tokenizer_without_chatml(), 0, 1, 1, 0, NIT, 28)
+    cfg = SftDataConfig(meta_path=meta, num_workers=0, max_consecutive_failures=4)
+    loader = build_sft_loader(cfg, _tokenizer_without_chatml(), 0, 1, 1, 0, NIT, 28, template="internvl2_5")
     with pytest.raises(RuntimeError, match="marker_not_single_token"):
         loader.next_batch()
     assert loader.metrics()["data/sft/skipped/marker_not_single_token"] == 4

@@ -22,7 +22,10 @@ def run_toy(run_dir: Path, **env: str) -> int:
     env_all.pop("WANDB_API_KEY", None)
     args = [sys.executable, str(RUN_TOY), str(run_dir), 'logger.backend="wandb"', 'logger.mode="offline"',
             "trainer.save_every=0"]
-    return subprocess.run(args, env=env_all, capture_output=True, timeout=240).returncode
+    result = subprocess.run(args, env=env_all, capture_output=True, text=True, timeout=240)
+    if result.returncode not in (0, EXIT_PREEMPTED):
+        print(result.stdout[-3000:], result.stderr[-6000:])  # shown by pytest when the test fails
+    return result.returncode
 
 
 @pytest.mark.slow

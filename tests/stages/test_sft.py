@@ -116,7 +116,7 @@ def test_lora_export_merges_the_adapters(sft_cfg, dist, tmp_path):
 def test_vision_tower_comes_from_the_previous_stage_export(tmp_path, dist, monkeypatch):
     monkeypatch.chdir(tmp_path)
     cfg = compose_sft(tmp_path / "run")
-    with pytest.raises(FileNotFoundError, match=r"init_from is null.*stage=contrastive.*stage=generative"):
+    with pytest.raises(FileNotFoundError, match=r"(?s)init_from is null.*stage=contrastive.*stage=generative"):
         SftStage(cfg, dist)
     export = write_tiny_stage1_export(tmp_path / "runs" / "contrastive" / "export")
     stage, model = built(cfg, dist)
