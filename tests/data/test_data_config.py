@@ -48,8 +48,10 @@ def test_yaml_options_merge_into_the_schema():
     for name in ("demo", "webdataset"):
         raw = OmegaConf.load(f"configs/data/{name}.yaml")
         assert list(raw.defaults) == ["data_schema", "_self_"]
-        merged = OmegaConf.merge(schema, {k: v for k, v in raw.items() if k != "defaults"})
-        assert merged.image_size > 0
+        options = {k: v for k, v in OmegaConf.to_container(raw).items() if k != "defaults"}  # unresolved
+        merged = OmegaConf.merge(schema, options)
+        root = OmegaConf.merge({"model": {"vision": {"image_size": 96}}}, {"data": merged})
+        assert root.data.image_size == 96  # the ViT's input size has one home: the model
     assert OmegaConf.to_object(OmegaConf.merge(schema, {"demo": True})).demo is True
 
 
