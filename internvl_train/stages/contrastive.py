@@ -70,7 +70,7 @@ class ContrastiveStage(Stage):
                                  self.cfg.seed)
 
     def batch_size_and_tokens(self, batch: Mapping[str, Any]) -> tuple[int, int]:
-        return len(batch["captions"]), 0  # tokens are counted once tokenised (text is not the bottleneck)
+        return len(batch["captions"]), 0  # captions are tokenised inside the step: no token count (tokens/s = 0)
 
     def _prepare(self, model: nn.Module, batch: Mapping[str, Any]) -> dict[str, Any]:
         st = self.cfg.stage
@@ -127,6 +127,8 @@ class ContrastiveStage(Stage):
         log.info("exported InternVL-C to %s", out_dir)
 
     def flops_per_sample(self) -> float:
+        """Counted at stage.max_text_len tokens per caption: an upper bound (captions are usually shorter),
+        so model FLOPs/s and MFU are upper bounds too."""
         if not hasattr(self, "_flops"):
             from internvl_train.models.internvl_c import InternVLC
 
