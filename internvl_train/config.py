@@ -49,7 +49,7 @@ def check_existing_path(key: str, value: str, hint: str = "") -> None:
 class TrainerConfig:
     """The optimisation loop: steps, batch, precision, AdamW + schedule, logging and checkpoint cadence."""
 
-    max_steps: int = 100  # the embedded demo: about 2 minutes on 2 CPU cores
+    max_steps: int = 300  # the embedded demo of stages 1 and 2: about a minute each on 2 CPU cores
     micro_batch_size: int = 32
     grad_accum_steps: int = 1
     precision: str = "fp32"  # fp32 | bf16

@@ -35,6 +35,8 @@ class SftDataConfig:
     image_size: int = 448
     num_image_token: int = 0  # <IMG_CONTEXT> tokens per tile; 0 = filled from the model
     heldout_vqa: Optional[str] = None  # JSONL of {question, image, answers} for VQA evaluation
+    # exact_match: `answers` are alternatives, any one is right; vqav2: they are 10 human answers (consensus)
+    heldout_vqa_metric: str = "exact_match"
     heldout_image_root: Optional[str] = None
     num_workers: int = 2  # decoding threads (ordered lookahead; the order never depends on them)
     prefetch: int = 16  # samples decoded ahead of the packer
@@ -42,6 +44,7 @@ class SftDataConfig:
 
     def validate(self) -> None:
         from internvl_train.config import ConfigError
+        from internvl_train.eval.vqa import VQA_METRICS
 
         sources = [name for name, on in (("demo", self.demo), ("meta_path", self.meta_path),
                                          ("llava_json", self.llava_json)) if on]
@@ -49,6 +52,9 @@ class SftDataConfig:
             raise ConfigError("data.sft", f"set exactly one of demo / meta_path / llava_json (got {sources or 'none'})")
         if self.llava_json and not self.image_root:
             raise ConfigError("data.sft.image_root", "llava_json needs image_root (folder the image paths are relative to)")
+        if self.heldout_vqa_metric not in VQA_METRICS:
+            raise ConfigError("data.sft.heldout_vqa_metric",
+                              f"must be one of {VQA_METRICS}, got {self.heldout_vqa_metric!r}")
         if self.loss_reduction not in LOSS_REDUCTIONS:
             raise ConfigError("data.sft.loss_reduction", f"must be one of {LOSS_REDUCTIONS}, got {self.loss_reduction!r}")
         for key in ("max_seq_len", "max_packed_tokens", "max_tiles_per_row", "image_size", "min_dynamic_patch",

@@ -39,21 +39,24 @@ def answer_items(model: Any, prompter: ChatPrompter, items: Sequence[Mapping[str
     return answers
 
 
-def score_answers(items: Sequence[Mapping[str, Any]], answers: Mapping[int, str]) -> dict[str, float]:
-    """vqa_accuracy (percent), the majority-answer baseline, n_questions and accuracy per question `kind`."""
+def score_answers(items: Sequence[Mapping[str, Any]], answers: Mapping[int, str],
+                  metric: str) -> dict[str, float]:
+    """vqa_accuracy (percent), the majority-answer baseline, n_questions and accuracy per question `kind`,
+    all under `metric` (eval.vqa.VQA_METRICS)."""
     refs = {item_id(it, i): list(it["answers"]) for i, it in enumerate(items)}
     preds = {item_id(it, i): answers[i] for i, it in enumerate(items)}
-    out = vqa_metrics(preds, refs)
-    out["majority_baseline"] = majority_answer_baseline(refs)["vqa_accuracy"]
+    out = vqa_metrics(preds, refs, metric)
+    out["majority_baseline"] = majority_answer_baseline(refs, metric=metric)["vqa_accuracy"]
     by_kind: dict[str, list[float]] = defaultdict(list)
     for i, it in enumerate(items):
         if "kind" in it:
-            by_kind[str(it["kind"])].append(vqa_accuracy(answers[i], it["answers"]))
+            by_kind[str(it["kind"])].append(vqa_accuracy(answers[i], it["answers"], metric))
     out.update({f"vqa_accuracy/{k}": 100.0 * sum(v) / len(v) for k, v in sorted(by_kind.items())})
     return out
 
 
-def prediction_records(items: Sequence[Mapping[str, Any]], answers: Mapping[int, str]) -> list[dict[str, Any]]:
+def prediction_records(items: Sequence[Mapping[str, Any]], answers: Mapping[int, str],
+                       metric: str) -> list[dict[str, Any]]:
     return [{"question_id": item_id(it, i), "question": it["question"], "answer": answers[i],
-             "references": list(it["answers"]), "accuracy": vqa_accuracy(answers[i], it["answers"])}
+             "references": list(it["answers"]), "accuracy": vqa_accuracy(answers[i], it["answers"], metric)}
             for i, it in enumerate(items)]

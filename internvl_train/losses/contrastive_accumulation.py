@@ -68,7 +68,7 @@ def _cache_pass(
     with torch.no_grad():
         for batch in micro_batches:
             states.append(RngState())
-            image, text, scale = encode(model, batch)
+            image, text, scale = encode(model, batch)[:3]
             images.append(image.detach().float())
             texts.append(text.detach().float())
             offsets.append(row)
@@ -92,7 +92,7 @@ def _cache_gradients(
 
 def _surrogate(live: Embeddings, cache_grads: tuple[torch.Tensor, ...], rows: slice, n_micro: int) -> torch.Tensor:
     """A scalar whose gradient w.r.t. the live embeddings is the cached gradient of the full-step loss."""
-    image, text, scale = live
+    image, text, scale = live[:3]
     g_image, g_text, g_scale = cache_grads
     out = (image.float() * g_image[rows]).sum() + (text.float() * g_text[rows]).sum()
     if scale.requires_grad:  # the scale's gradient is spread evenly over the k replays
@@ -109,6 +109,7 @@ def contrastive_accumulation_step(
     world_size: int = 1,
     backward_divisor: float = 1.0,
     extra_losses: ExtraLossFn | None = None,
+    extra_weights: Mapping[str, float] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Back-propagate the exact ITC gradient of the whole step (all micro-batches of all ranks).
 
@@ -118,7 +119,9 @@ def contrastive_accumulation_step(
         (route to engine.backward(loss); engine.step(), or skip DDP's gradient sync unless is_last).
     backward_divisor: the factor `backward` divides each loss by (DeepSpeed: gradient_accumulation_steps).
     extra_losses(batch, live_embeddings, cache) -> named per-sample losses of this micro-batch (ITM, ITG);
-        they are averaged over micro-batches and back-propagated with the replay.
+        they are averaged over micro-batches and back-propagated with the replay, each times its
+        `extra_weights` entry (default 1). `encode` may return more than the three embeddings (e.g. the text
+        tower's LM logits): extra_losses receives the whole tuple.
     Returns detached losses: 'itc' equals the single-process loss on the global step batch (identical on every
     rank), extra losses averaged over micro-batches (this rank), and 'loss' their sum.
     """
@@ -128,6 +131,7 @@ def contrastive_accumulation_step(
     check_same_size_on_all_ranks(cache.image.shape[0], "contrastive_accumulation_step", cache.image.device)
     local_loss, *cache_grads = _cache_gradients(cache, rank, world_size)
     k = len(micro_batches)
+    weights = dict(extra_weights or {})
     extras: dict[str, torch.Tensor] = {}
     resume_state = RngState()
     for j, batch in enumerate(micro_batches):
@@ -136,11 +140,11 @@ def contrastive_accumulation_step(
         rows = slice(cache.offsets[j], cache.offsets[j] + live[0].shape[0])
         total = _surrogate(live, tuple(cache_grads), rows, k)
         for name, value in (extra_losses(batch, live, cache) if extra_losses else {}).items():
-            total = total + value / k
+            total = total + weights.get(name, 1.0) * value / k
             extras[name] = extras.get(name, 0.0) + value.detach().float() / k
         backward(total * backward_divisor, j == k - 1)
     resume_state.restore()  # the step consumes the RNG once, as a plain step would
     itc = all_reduce_sum(local_loss) / world_size  # sum_r loss_r / W == single-process loss
     losses = {"itc": itc, **extras}
-    losses["loss"] = sum(losses.values())
+    losses["loss"] = itc + sum(weights.get(name, 1.0) * value for name, value in extras.items())
     return losses

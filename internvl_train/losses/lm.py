@@ -69,6 +69,7 @@ def token_loss_weights(
         starts |= position_ids == 0
     sample_id = starts.reshape(-1).cumsum(0) - 1  # one id per sample over the flattened batch
     supervised = (targets.reshape(-1) != IGNORE_INDEX).float()
-    counts = torch.zeros(int(sample_id[-1]) + 1).index_add_(0, sample_id, supervised).clamp_(min=1)
+    counts = torch.zeros(int(sample_id[-1]) + 1, device=labels.device)
+    counts = counts.index_add_(0, sample_id, supervised).clamp_(min=1)
     per_token = {"token": torch.ones_like(counts), "sample": 1 / counts, "square": counts.rsqrt()}[reduction]
     return per_token[sample_id].reshape(labels.shape)

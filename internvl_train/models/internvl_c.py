@@ -56,18 +56,26 @@ class InternVLC(nn.Module):
 
     def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Caption embedding [B, E] (unnormalised): causal LLaMA, hidden state at the EOS, @ text_projection."""
-        hidden = self.text_hidden(input_ids, attention_mask)
+        return self.project_text(self.text_hidden(input_ids, attention_mask), attention_mask)
+
+    def project_text(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Text hidden states [B, T, D] -> caption embedding [B, E]: the EOS state @ text_projection."""
         return gather_last_token(hidden, attention_mask) @ self.text_projection.to(hidden.dtype)
 
     # ---- both --------------------------------------------------------------------------------
-    def clip(self, pixel_values: torch.Tensor, input_ids: torch.Tensor,
-             attention_mask: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Normalised image/text embeddings and exp(logit_scale) (0-dim), the inputs of the ITC loss."""
-        return {
+    def clip(self, pixel_values: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+             text_logits: bool = False) -> dict[str, torch.Tensor]:
+        """Normalised image/text embeddings and exp(logit_scale) (0-dim), the inputs of the ITC loss; with
+        `text_logits`, also the LM logits [B, T, V] of the same text pass (the text tower's own LM loss)."""
+        hidden = self.text_hidden(input_ids, attention_mask)
+        out = {
             "image_embeds": F.normalize(self.encode_image(pixel_values), dim=-1),
-            "text_embeds": F.normalize(self.encode_text(input_ids, attention_mask), dim=-1),
+            "text_embeds": F.normalize(self.project_text(hidden, attention_mask), dim=-1),
             "logit_scale": self.logit_scale.exp().squeeze(0),
         }
+        if text_logits:
+            out["text_logits"] = self.text.lm_head(hidden)
+        return out
 
     TASKS = ("clip", "vision_tokens", "encode_image", "encode_image_c", "encode_text")
 

@@ -39,6 +39,14 @@ def load_tokenizer(cfg: Any) -> Any:
     return AutoTokenizer.from_pretrained(path)  # never trust_remote_code
 
 
+def prefix_token_ids(tokenizer: Any, prefix: str) -> torch.Tensor:
+    """The ids a caption prefix starts every tokenised caption with (BOS included, no EOS)."""
+    ids = tokenizer(prefix, add_special_tokens=True)["input_ids"]
+    if ids and ids[-1] == tokenizer.eos_token_id:
+        ids = ids[:-1]
+    return torch.tensor(ids, dtype=torch.long)
+
+
 def model_dtype(model: nn.Module) -> torch.dtype:
     """The compute dtype: DeepSpeed bf16 casts the module, so inputs must follow it."""
     for param in model.parameters():

@@ -54,12 +54,18 @@ class ContrastiveStageConfig(StageConfig):
     caption_prefix: str = "summarize:"
     max_text_len: int = 80
     contrastive_accumulation: bool = True  # embedding-cache accumulation when grad_accum_steps > 1
+    # Next-token loss on the caption tokens of the same text pass, added with this weight. It keeps a text tower
+    # that starts random a language model (stage 2's ITG inherits it; the paper's LLaMA-7B arrives pretrained).
+    # null: 1.0 when the text tower starts random (no init_from / model.pretrained / model.text.pretrained), else 0.
+    text_lm_weight: Optional[float] = None
 
     def validate(self) -> None:
         super().validate()
         check_at_least("unlocked_vision_layers", self.unlocked_vision_layers, -1)
         check_at_least("unlocked_text_layers", self.unlocked_text_layers, -1)
         check_at_least("max_text_len", self.max_text_len, 1)
+        if self.text_lm_weight is not None:
+            check_at_least("text_lm_weight", self.text_lm_weight, 0)
 
     def unused_config(self) -> tuple[str, ...]:
         return IMAGE_TEXT_STAGES_UNUSED
@@ -121,6 +127,18 @@ class GenerativeStageConfig(StageConfig):
             raise ConfigError("init_from", f"null, and the default stage-1 export {path!r} does not exist: run "
                                            "stage 1 first (python -m internvl_train stage=contrastive) or set "
                                            "init_from=<a stage-1 export directory>")
+
+
+RANDOM_TEXT_TOWER_LM_WEIGHT = 1.0
+
+
+def resolved_text_lm_weight(run: Any) -> float:
+    """Stage 1's text LM weight: `stage.text_lm_weight`, or when null RANDOM_TEXT_TOWER_LM_WEIGHT for a text
+    tower that starts from random weights and 0 for one that starts from a checkpoint (already a LM)."""
+    if run.stage.text_lm_weight is not None:
+        return float(run.stage.text_lm_weight)
+    starts_random = not (run.init_from or run.model.pretrained or run.model.text.pretrained)
+    return RANDOM_TEXT_TOWER_LM_WEIGHT if starts_random else 0.0
 
 
 def generative_init_from(run: Any) -> Optional[str]:

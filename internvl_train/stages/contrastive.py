@@ -19,12 +19,15 @@ from data_pipelines.eval_sets import build_pair_eval_sets
 from data_pipelines.pairs import build_pair_loader
 from internvl_train.losses.contrastive_accumulation import contrastive_accumulation_step
 from internvl_train.losses.itc import MAX_LOGIT_SCALE, clamp_logit_scale_, itc_loss
+from internvl_train.losses.itg import itg_labels
+from internvl_train.losses.lm import lm_loss, token_loss_weights
 from internvl_train.models.builder import build_internvl_c
 from internvl_train.models.checkpoint import save_pretrained
 from internvl_train.models.flops import internvl_c_train_flops_per_sample
 from internvl_train.models.text import prepare_caption_inputs
 from internvl_train.stages.base import Stage, StatefulLoader
-from internvl_train.stages.common import load_tokenizer, model_dtype, to_device
+from internvl_train.stages.common import load_tokenizer, model_dtype, prefix_token_ids, to_device
+from internvl_train.stages.config import resolved_text_lm_weight
 from internvl_train.stages.image_text_eval import image_text_metrics
 
 log = logging.getLogger(__name__)
@@ -49,6 +52,10 @@ class ContrastiveStage(Stage):
     def __init__(self, cfg: Any, dist: Any):
         super().__init__(cfg, dist)
         self.tokenizer = load_tokenizer(cfg)
+        self.prefix_len = prefix_token_ids(self.tokenizer, cfg.stage.caption_prefix).numel()
+        self.text_lm_weight = resolved_text_lm_weight(cfg)
+        log.info("text tower LM loss weight: %s (stage.text_lm_weight=%s)", self.text_lm_weight,
+                 cfg.stage.text_lm_weight)
 
     # ---- model -------------------------------------------------------------------------------
     def build_model(self) -> nn.Module:
@@ -79,15 +86,23 @@ class ContrastiveStage(Stage):
 
     # ---- step --------------------------------------------------------------------------------
     def _encode(self, model: nn.Module, batch: Mapping[str, Any]) -> tuple[torch.Tensor, ...]:
+        """(image, text, logit scale[, LM loss of the text pass when stage.text_lm_weight > 0])."""
         inputs = self._prepare(model, batch)
-        out = model(inputs["pixel_values"], inputs["input_ids"], inputs["attention_mask"])
+        out = model(inputs["pixel_values"], inputs["input_ids"], inputs["attention_mask"],
+                    text_logits=self.text_lm_weight > 0)
         # the clamp in the forward holds even where after_optimizer_step cannot reach a master copy (bf16, ZeRO-0)
-        return out["image_embeds"], out["text_embeds"], out["logit_scale"].clamp(max=MAX_SCALE)
+        encoded = (out["image_embeds"], out["text_embeds"], out["logit_scale"].clamp(max=MAX_SCALE))
+        if self.text_lm_weight > 0:  # per-caption means averaged: exact over ranks and micro-batches of equal size
+            labels = itg_labels(inputs["input_ids"], self.prefix_len, inputs["attention_mask"])
+            encoded += (lm_loss(out["text_logits"], labels, token_loss_weights(labels, "sample")),)
+        return encoded
 
     def compute_losses(self, model: nn.Module, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
-        image, text, scale = self._encode(model, batch)
+        image, text, scale, *text_lm = self._encode(model, batch)
         itc = itc_loss(image, text, scale, self.dist.rank, self.dist.world_size)
-        return {"itc": itc, "loss": itc}
+        if not text_lm:
+            return {"itc": itc, "loss": itc}
+        return {"itc": itc, "text_lm": text_lm[0], "loss": itc + self.text_lm_weight * text_lm[0]}
 
     def train_step(self, engine: Any, micro_batches: list[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
         if len(micro_batches) == 1 or not self.cfg.stage.contrastive_accumulation:
@@ -97,9 +112,11 @@ class ContrastiveStage(Stage):
             engine.backward(loss)
             engine.step()  # DeepSpeed steps the optimizer only at the accumulation boundary
 
+        text_lm = (lambda batch, live, cache: {"text_lm": live[3]}) if self.text_lm_weight > 0 else None
         losses = contrastive_accumulation_step(
             engine.module, micro_batches, self._encode, backward, self.dist.rank, self.dist.world_size,
-            backward_divisor=engine.gradient_accumulation_steps())
+            backward_divisor=engine.gradient_accumulation_steps(), extra_losses=text_lm,
+            extra_weights={"text_lm": self.text_lm_weight})
         return losses
 
     def after_optimizer_step(self, model: nn.Module) -> None:

@@ -34,7 +34,7 @@ from internvl_train.models.builder import build_internvl_g
 from internvl_train.models.checkpoint import save_pretrained
 from internvl_train.models.text import prepare_caption_inputs
 from internvl_train.stages.base import Stage, StatefulLoader
-from internvl_train.stages.common import load_tokenizer, model_dtype, stable_ids, to_device
+from internvl_train.stages.common import load_tokenizer, model_dtype, prefix_token_ids, stable_ids, to_device
 from internvl_train.stages.config import generative_init_from
 from internvl_train.stages.generative_eval import caption_metrics_on, retrieval_metrics_on
 from internvl_train.stages.generative_lora import add_qllama_lora, has_lora, merged_state_dict, without_lora
@@ -58,13 +58,7 @@ class GenerativeStage(Stage):
         self.tokenizer = load_tokenizer(cfg)
         st = cfg.stage
         self.weights = {"itc": st.itc_weight, "itm": st.itm_weight, "itg": st.itg_weight}
-        self.itg_prompt = self._prompt_ids(st.itg_prefix)
-
-    def _prompt_ids(self, prefix: str) -> torch.Tensor:
-        ids = self.tokenizer(prefix, add_special_tokens=True)["input_ids"]
-        if ids and ids[-1] == self.tokenizer.eos_token_id:
-            ids = ids[:-1]
-        return torch.tensor(ids, dtype=torch.long)
+        self.itg_prompt = prefix_token_ids(self.tokenizer, st.itg_prefix)
 
     # ---- model -------------------------------------------------------------------------------
     def build_model(self) -> nn.Module:

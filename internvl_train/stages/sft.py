@@ -109,9 +109,11 @@ class SftStage(Stage):
                                self.dist.rank, self.dist.world_size,
                                synced_gpus=self.cfg.deepspeed.zero_stage == 3 and self.dist.world_size > 1)
         merged = {k: v for part in all_gather_objects(answers) for k, v in part.items()}
-        metrics = score_answers(items, merged)
+        metric = self.sft_data.heldout_vqa_metric
+        metrics = score_answers(items, merged, metric)
         if self.dist.rank == 0:
-            write_vqa_results(Path(self.cfg.run_dir) / "vqa_predictions.jsonl", prediction_records(items, merged))
+            write_vqa_results(Path(self.cfg.run_dir) / "vqa_predictions.jsonl",
+                              prediction_records(items, merged, metric))
         return {f"vqa/{k}": v for k, v in metrics.items()}
 
     def export(self, model: nn.Module, out_dir: str) -> None:

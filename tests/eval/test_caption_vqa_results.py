@@ -83,3 +83,14 @@ def test_results_jsonl_appends(tmp_path) -> None:
     records = read_results(tmp_path)
     assert [r["step"] for r in records] == [10, 20]
     assert records[0]["metrics"] == {"i2t_R@1": 12.5, "bad": None} and records[1]["dataset"] == "demo"
+
+
+def test_exact_match_treats_answers_as_alternatives() -> None:
+    # a list of synonyms is not a list of human votes: matching one of them is fully right
+    assert vqa_accuracy("Grey", ["gray", "grey"], metric="exact_match") == 1.0
+    assert vqa_accuracy("grey", ["gray", "grey"], metric="vqav2") == pytest.approx(1 / 6)
+    assert vqa_accuracy("blue", ["gray", "grey"], metric="exact_match") == 0.0
+    assert vqa_metrics({"q": "upper left"}, {"q": ["top left", "upper left"]},
+                       metric="exact_match")["vqa_accuracy"] == 100.0
+    with pytest.raises(ValueError, match="unknown metric"):
+        vqa_accuracy("x", ["x"], metric="bleu")

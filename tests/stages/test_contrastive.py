@@ -38,8 +38,9 @@ def test_lock_options_keep_locked_parameters_bit_identical(tmp_path):
 
 
 def test_stage_loss_gradient_is_the_same_on_two_ranks_as_on_one(tmp_path):
-    """ITC through the stage on 2 gloo ranks (half the global batch each, gradients averaged as the engine
-    does) equals one process on the whole global batch."""
+    """ITC (+ the text tower's LM term, on by default for the random tiny tower) through the stage on 2 gloo
+    ranks (half the global batch each, gradients averaged as the engine does) equals one process on the whole
+    global batch."""
     batch = fixed_global_batch(tmp_path)
     torch.save(batch, tmp_path / "batch.pt")
     cfg = stage1_cfg(tmp_path)
@@ -59,13 +60,15 @@ def test_stage_loss_gradient_is_the_same_on_two_ranks_as_on_one(tmp_path):
 
 def test_accumulation_gives_the_gradient_of_the_whole_step_batch(tmp_path):
     """Through a real DeepSpeed engine with SGD(lr=1): the weight change is minus the gradient, so two
-    micro-batches with the embedding cache must move the weights exactly as one batch of twice the size."""
+    micro-batches with the embedding cache must move the weights exactly as one batch of twice the size
+    (the text LM term, on by default here, included: lm_head must move identically too)."""
     batch = fixed_global_batch(tmp_path)
     deltas = {}
     for accum, micro in ((1, [batch]), (2, [slice_batch(batch, slice(0, 4)), slice_batch(batch, slice(4, 8))])):
         cfg = stage1_cfg(tmp_path, f"trainer.grad_accum_steps={accum}", f"trainer.micro_batch_size={8 // accum}")
         deltas[accum] = sgd_step_delta(cfg, micro)
     assert deltas[1].keys() == deltas[2].keys()
+    assert deltas[1]["text.lm_head.weight"].abs().sum() > 0, "the text LM term did not reach lm_head"
     floor = global_norm(deltas[1]) * 1e-5
     for key in deltas[1]:
         assert relative_error(deltas[2][key], deltas[1][key], floor) < 1e-4, key
@@ -108,6 +111,36 @@ def plain_summed_losses_gradient(cfg, batch: dict) -> dict[str, torch.Tensor]:
     for rows in (slice(0, 4), slice(4, 8)):
         (stage.compute_losses(model, slice_batch(batch, rows))["loss"] / 2).backward()
     return flat_grads(model)
+
+
+def test_text_lm_term_is_on_for_a_random_text_tower_and_trains_only_through_its_weight(tmp_path):
+    batch = fixed_global_batch(tmp_path)
+    grads = {}
+    for weight in ("null", "0", "2.5"):
+        cfg = stage1_cfg(tmp_path, f"stage.text_lm_weight={weight}")
+        stage, model = ContrastiveStage(cfg, DistInfo()), initial_model(cfg)
+        losses = stage.compute_losses(model, batch)
+        losses["loss"].backward()
+        grads[weight] = model.text.lm_head.weight.grad
+        if weight == "0":
+            assert "text_lm" not in losses and torch.equal(losses["loss"], losses["itc"])
+            continue
+        w = 1.0 if weight == "null" else 2.5  # null: the tiny tower starts random, so the LM term is on
+        assert stage.text_lm_weight == w and losses["text_lm"].item() > 1.0  # an untrained LM: far from 0
+        assert torch.allclose(losses["loss"], losses["itc"] + w * losses["text_lm"])
+    assert grads["0"] is None, "without the LM term nothing reaches lm_head (ITC reads the EOS state only)"
+    assert torch.allclose(grads["2.5"], 2.5 * grads["null"], rtol=1e-4, atol=1e-9)
+
+
+def test_text_lm_weight_null_is_off_for_a_pretrained_text_tower(tmp_path):
+    from generative_helpers import compose_run
+    from internvl_train.stages.config import resolved_text_lm_weight
+
+    assert resolved_text_lm_weight(compose_run(["stage=contrastive"])) == 1.0
+    for start in ("model.text.pretrained=/llama-7b", "init_from=/stage1/export", "model.pretrained=/internvl-14b"):
+        assert resolved_text_lm_weight(compose_run(["stage=contrastive", start])) == 0.0, start
+    assert resolved_text_lm_weight(compose_run(["stage=contrastive", "model.text.pretrained=/x",
+                                                "stage.text_lm_weight=0.5"])) == 0.5
 
 
 def test_paper_recipe_composes_and_names_missing_shards(tmp_path, monkeypatch):
