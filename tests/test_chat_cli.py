@@ -19,7 +19,7 @@ QUESTIONS = ["What color is the shape?", "Where is the shape located?"]
 def export(tmp_path_factory) -> Path:
     """A tiny chat model exported by the stage-3 exporter (untrained weights, random but fixed)."""
     sys.path.insert(0, str(REPO_ROOT / "tests" / "stages"))
-    from conftest import compose_sft
+    from sft_helpers import compose_sft
 
     from internvl_train.stages.base import DistInfo
     from internvl_train.stages.sft import SftStage
@@ -80,3 +80,31 @@ def test_bad_inputs_fail_with_a_clear_message(export, tmp_path):
     assert no_model.returncode != 0 and "no config.json" in no_model.stderr
     no_tty = chat("--model", str(export), stdin="")
     assert no_tty.returncode != 0 and "--question" in no_tty.stderr
+
+
+def test_jsonl_vqa_evaluator_scores_the_models_own_answers(export, image, tmp_path):
+    import json
+
+    expected = in_process_answers(export, image, batch=False)
+    bench = tmp_path / "bench"
+    bench.mkdir()
+    (bench / "red.png").write_bytes(image.read_bytes())
+    rows = [{"question": QUESTIONS[0], "image": "red.png", "answers": [expected[0] or "-", "other"], "kind": "a"},
+            {"question": QUESTIONS[1], "image": "red.png", "answers": ["no model says this"], "kind": "b"}]
+    questions = bench / "q.jsonl"
+    questions.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
+    run = subprocess.run([sys.executable, "-m", "internvl_train.eval.vqa_jsonl", "--model", str(export),
+                          "--questions", str(questions), "--max-new-tokens", "6", "--out", str(tmp_path / "p.jsonl")],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    metrics = json.loads(run.stdout.splitlines()[-1])
+    # the first question's accepted alternatives hold the model's own answer (exact match: fully right)
+    assert metrics["n_questions"] == 2 and metrics["vqa_accuracy/b"] == 0.0
+    assert metrics["vqa_accuracy/a"] == (100.0 if expected[0] else 0.0)
+    predictions = [json.loads(line) for line in (tmp_path / "p.jsonl").read_text().splitlines()]
+    assert [p["answer"] for p in predictions] == expected
+    bad = subprocess.run([sys.executable, "-m", "internvl_train.eval.vqa_jsonl", "--model", str(export),
+                          "--questions", str(questions), "--image-root", str(tmp_path / "nowhere")],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert bad.returncode != 0 and "images not found" in bad.stderr and "--image-root" in bad.stderr

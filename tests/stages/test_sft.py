@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import compose_sft
+from sft_helpers import compose_sft
 
 from internvl_train.engine.freeze import freeze_modules
 from internvl_train.stages.sft import SftStage
