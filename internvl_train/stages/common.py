@@ -47,6 +47,14 @@ def prefix_token_ids(tokenizer: Any, prefix: str) -> torch.Tensor:
     return torch.tensor(ids, dtype=torch.long)
 
 
+def check_prefix_tokens(input_ids: torch.Tensor, prefix_ids: torch.Tensor, key: str, prefix: str) -> None:
+    """Label masks count the prefix by its tokens alone: a prefix that merges with the caption's first token
+    would shift them silently, so it is rejected naming the config key."""
+    if not bool((input_ids[:, : prefix_ids.numel()] == prefix_ids.to(input_ids.device)).all()):
+        raise ValueError(f"{key}={prefix!r} does not tokenise the same alone and before a caption with this "
+                         "tokenizer: end the prefix with a separator (e.g. ':' or ' ')")
+
+
 def model_dtype(model: nn.Module) -> torch.dtype:
     """The compute dtype: DeepSpeed bf16 casts the module, so inputs must follow it."""
     for param in model.parameters():

@@ -26,7 +26,8 @@ from internvl_train.models.checkpoint import save_pretrained
 from internvl_train.models.flops import internvl_c_train_flops_per_sample
 from internvl_train.models.text import prepare_caption_inputs
 from internvl_train.stages.base import Stage, StatefulLoader
-from internvl_train.stages.common import load_tokenizer, model_dtype, prefix_token_ids, to_device
+from internvl_train.stages.common import (check_prefix_tokens, load_tokenizer, model_dtype, prefix_token_ids,
+                                          to_device)
 from internvl_train.stages.config import resolved_text_lm_weight
 from internvl_train.stages.image_text_eval import image_text_metrics
 
@@ -52,7 +53,7 @@ class ContrastiveStage(Stage):
     def __init__(self, cfg: Any, dist: Any):
         super().__init__(cfg, dist)
         self.tokenizer = load_tokenizer(cfg)
-        self.prefix_len = prefix_token_ids(self.tokenizer, cfg.stage.caption_prefix).numel()
+        self.prefix_ids = prefix_token_ids(self.tokenizer, cfg.stage.caption_prefix)
         self.text_lm_weight = resolved_text_lm_weight(cfg)
         log.info("text tower LM loss weight: %s (stage.text_lm_weight=%s)", self.text_lm_weight,
                  cfg.stage.text_lm_weight)
@@ -82,6 +83,8 @@ class ContrastiveStage(Stage):
     def _prepare(self, model: nn.Module, batch: Mapping[str, Any]) -> dict[str, Any]:
         st = self.cfg.stage
         text = prepare_caption_inputs(self.tokenizer, batch["captions"], st.caption_prefix, st.max_text_len)
+        if self.text_lm_weight > 0:  # the LM labels mask the prefix by its token count
+            check_prefix_tokens(text["input_ids"], self.prefix_ids, "stage.caption_prefix", st.caption_prefix)
         return to_device({**batch, **text}, self.dist.device, model_dtype(model))
 
     # ---- step --------------------------------------------------------------------------------
@@ -93,7 +96,7 @@ class ContrastiveStage(Stage):
         # the clamp in the forward holds even where after_optimizer_step cannot reach a master copy (bf16, ZeRO-0)
         encoded = (out["image_embeds"], out["text_embeds"], out["logit_scale"].clamp(max=MAX_SCALE))
         if self.text_lm_weight > 0:  # per-caption means averaged: exact over ranks and micro-batches of equal size
-            labels = itg_labels(inputs["input_ids"], self.prefix_len, inputs["attention_mask"])
+            labels = itg_labels(inputs["input_ids"], self.prefix_ids.numel(), inputs["attention_mask"])
             encoded += (lm_loss(out["text_logits"], labels, token_loss_weights(labels, "sample")),)
         return encoded
 

@@ -34,7 +34,8 @@ from internvl_train.models.builder import build_internvl_g
 from internvl_train.models.checkpoint import save_pretrained
 from internvl_train.models.text import prepare_caption_inputs
 from internvl_train.stages.base import Stage, StatefulLoader
-from internvl_train.stages.common import load_tokenizer, model_dtype, prefix_token_ids, stable_ids, to_device
+from internvl_train.stages.common import (check_prefix_tokens, load_tokenizer, model_dtype, prefix_token_ids,
+                                          stable_ids, to_device)
 from internvl_train.stages.config import generative_init_from
 from internvl_train.stages.generative_eval import caption_metrics_on, retrieval_metrics_on
 from internvl_train.stages.generative_lora import add_qllama_lora, has_lora, merged_state_dict, without_lora
@@ -87,10 +88,7 @@ class GenerativeStage(Stage):
         st = self.cfg.stage
         text = prepare_caption_inputs(self.tokenizer, batch["captions"], st.caption_prefix, st.max_text_len)
         itg = prepare_caption_inputs(self.tokenizer, batch["captions"], st.itg_prefix, st.max_text_len)
-        prompt = self.itg_prompt
-        if not bool((itg["input_ids"][:, : prompt.numel()] == prompt).all()):
-            raise ValueError(f"stage.itg_prefix={st.itg_prefix!r} does not tokenise the same alone and before a "
-                             "caption with this tokenizer: end the prefix with a separator (e.g. ':' or ' ')")
+        check_prefix_tokens(itg["input_ids"], self.itg_prompt, "stage.itg_prefix", st.itg_prefix)
         inputs = {**batch, **text, "itg_input_ids": itg["input_ids"], "itg_attention_mask": itg["attention_mask"]}
         return to_device(inputs, self.dist.device, model_dtype(model))
 

@@ -156,3 +156,14 @@ def test_paper_recipe_composes_and_names_missing_shards(tmp_path, monkeypatch):
     with pytest.raises(ConfigError) as err:
         check_run_config(cfg)
     assert err.value.key == "data.sources[0].urls" and str(tmp_path) in err.value.reason
+
+
+def test_a_prefix_that_merges_with_the_caption_is_rejected_when_it_masks_lm_labels(tmp_path):
+    """With the demo tokenizer "re" alone and "re" + "d circle" ("red ...") tokenise differently: the LM
+    labels would be masked one token off, so the stage refuses, naming the key; pure ITC does not care."""
+    batch = {**fixed_global_batch(tmp_path), "captions": ["d circle in the center"] * 8}
+    cfg = stage1_cfg(tmp_path, "stage.caption_prefix=re")
+    with pytest.raises(ValueError, match="stage.caption_prefix='re' does not tokenise the same"):
+        ContrastiveStage(cfg, DistInfo()).compute_losses(initial_model(cfg), batch)
+    cfg = stage1_cfg(tmp_path, "stage.caption_prefix=re", "stage.text_lm_weight=0")
+    assert torch.isfinite(ContrastiveStage(cfg, DistInfo()).compute_losses(initial_model(cfg), batch)["loss"])
