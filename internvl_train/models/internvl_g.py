@@ -101,10 +101,12 @@ class InternVLG(InternVLC):
         return F.normalize(c + g, dim=-1)
 
     # ---- what stage 2 trains -----------------------------------------------------------------
-    def stage2_frozen_modules(self) -> list[nn.Module]:
+    def stage2_frozen_modules(self, train_qllama: bool = False) -> list[nn.Module]:
         """Inherited modules stage 2 keeps frozen (as the official InternVL-G): the ViT, `clip_projector`
-        and every LLaMA part except the cross-attention. `text_projection` (a bare parameter) is frozen too:
-        see stage2_frozen_parameters. Trained: NEW_IN_G and `logit_scale`."""
+        and, unless `train_qllama`, every LLaMA part except the cross-attention. `text_projection` (a bare
+        parameter) is frozen too: see stage2_frozen_parameters. Trained: NEW_IN_G and `logit_scale`."""
+        if train_qllama:
+            return [self.vision, self.clip_projector]
         llama = self.text.model
         per_layer = [m for layer in llama.layers
                      for m in (layer.self_attn, layer.mlp, layer.input_layernorm, layer.post_attention_layernorm)]

@@ -86,6 +86,10 @@ class GenerativeStageConfig(StageConfig):
     itg_prefix: str = "English caption:"
     caption_prefix: str = "summarize:"
     max_text_len: int = 80
+    # The paper freezes the inherited QLLaMA weights (False). True trains them too (self-attention, MLP, norms,
+    # embeddings, LM head): the demo default, because a frozen 0.3M-parameter LM cannot be steered by queries
+    # the way the paper's 8B one can (docs/stage2.md has the measurement).
+    train_qllama: bool = False
     lora_rank: int = 0  # LoRA on the inherited QLLaMA weights when > 0
     lora_alpha: float = 16.0
     # weights when init_from, model.pretrained and the towers' pretrained are all null: the demo stage-1 run
@@ -110,6 +114,10 @@ class GenerativeStageConfig(StageConfig):
         check_choice("itm_negatives", self.itm_negatives, ("hard", "random"))
         check_at_least("max_text_len", self.max_text_len, 1)
         check_at_least("lora_rank", self.lora_rank, 0)
+        if self.train_qllama and self.lora_rank:
+            raise ConfigError("lora_rank", f"is {self.lora_rank} while train_qllama is true: the inherited QLLaMA "
+                                           "weights train in full already; set stage.lora_rank=0 or "
+                                           "stage.train_qllama=false")
 
     def unused_config(self) -> tuple[str, ...]:
         return IMAGE_TEXT_STAGES_UNUSED

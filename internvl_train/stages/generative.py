@@ -4,7 +4,7 @@ What model: InternVL-G built from a stage-1 export (`init_from`, default `stage.
 stage-1 run) or official weights; only the queries, the cross-attention layers, `clip_projector2` and
 `itm_head` are new. What trains: those new parts and `logit_scale`; InternViT, `clip_projector`,
 `text_projection` and the inherited LLaMA weights are frozen (eval mode), as in the paper; `stage.lora_rank`
-adds LoRA adapters on the inherited QLLaMA weights. Losses, per micro-batch over the global batch of all
+adds LoRA adapters on the inherited QLLaMA weights, `stage.train_qllama` trains them in full (the demo default). Losses, per micro-batch over the global batch of all
 ranks: ITC (query-based image embedding vs. the text embedding, exact gradient across ranks), ITM (hard or
 random negatives drawn from the global batch, itm_head averaged over the query outputs), ITG (captioning
 conditioned on the queries); total = weighted sum. Evaluation: retrieval with InternVL-C, InternVL-G and
@@ -73,7 +73,7 @@ class GenerativeStage(Stage):
         return model
 
     def frozen_modules(self, model: nn.Module) -> list[nn.Module]:
-        return without_lora(model.stage2_frozen_modules())
+        return without_lora(model.stage2_frozen_modules(self.cfg.stage.train_qllama))
 
     # ---- data --------------------------------------------------------------------------------
     def build_train_loader(self) -> StatefulLoader:
@@ -99,7 +99,8 @@ class GenerativeStage(Stage):
         with torch.no_grad():  # the ViT is frozen: its tokens need no graph
             tokens = model(inputs["pixel_values"], task="vision_tokens")
         image = F.normalize(model(tokens, task="encode_image_g"), dim=-1)
-        with torch.set_grad_enabled(torch.is_grad_enabled() and has_lora(model)):  # frozen text path
+        text_trains = has_lora(model) or self.cfg.stage.train_qllama
+        with torch.set_grad_enabled(torch.is_grad_enabled() and text_trains):  # else a frozen text path
             text = F.normalize(model(inputs["input_ids"], inputs["attention_mask"], task="encode_text"), dim=-1)
         scale = scaled_logit_scale(model.logit_scale).reshape(())
         terms, metrics = {}, {"logit_scale": scale.detach()}

@@ -1,5 +1,6 @@
 """Stage-2 evaluation on one held-out set: retrieval with InternVL-C, InternVL-G and their official ensemble
-side by side (optionally G re-ranked by the ITM head), and greedy captions scored against a trivial baseline.
+side by side (optionally G re-ranked by the ITM head), greedy captions scored against a trivial baseline, and
+the ITG loss of the reference captions with their own image and with another image (image grounding).
 
 Every model call goes through the module (`model(..., task=...)`) so ZeRO-3 gathers the parameters.
 """
@@ -15,9 +16,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from internvl_train.eval.captioning import caption_metrics, constant_caption_baseline
+from internvl_train.losses.itg import IGNORE_INDEX, itg_labels, next_token_ce
 from internvl_train.losses.collectives import all_gather_cat_uneven, all_reduce_sum
 from internvl_train.models.generation import greedy_captions
 from internvl_train.models.text import prepare_caption_inputs
+from internvl_train.stages.common import prefix_token_ids
 from internvl_train.stages.image_text_eval import image_text_metrics
 
 log = logging.getLogger(__name__)
@@ -124,17 +127,36 @@ def _all_gather_dicts(local: dict) -> dict:
     return {k: v for part in parts for k, v in part.items()}
 
 
+def _itg_loss_sums(model: nn.Module, tokens: torch.Tensor, captions: list[str], tokenizer: Any, st: Any,
+                   prefix_len: int) -> torch.Tensor:
+    """[ITG loss summed over the caption tokens with each caption's own image, the same with the next image of
+    the batch (a derangement), supervised token count] in float64; zeros for a batch of one image."""
+    if tokens.shape[0] < 2:
+        return torch.zeros(3, dtype=torch.float64)
+    text = prepare_caption_inputs(tokenizer, captions, st.itg_prefix, st.max_text_len)
+    ids, mask = text["input_ids"].to(tokens.device), text["attention_mask"].to(tokens.device)
+    labels = itg_labels(ids, prefix_len, mask)
+    sums = [next_token_ce(model(images, ids, mask, task="itg_logits"), labels, reduction="sum")
+            for images in (tokens, tokens.roll(1, dims=0))]
+    return torch.tensor([float(sums[0]), float(sums[1]), float((labels[:, 1:] != IGNORE_INDEX).sum())],
+                        dtype=torch.float64)
+
+
 @torch.no_grad()
 def caption_metrics_on(eval_set: Any, model: nn.Module, tokenizer: Any, st: Any, prepare: Prepare) -> dict[str, float]:
     """Greedy captions of the set's first ~st.caption_eval_images images (split over ranks), BLEU-4 and CIDEr
     against their captions, and the same scores of a trivial baseline: one constant caption for every image,
-    the most frequent caption of the set's other images (of the captioned ones when there are no others)."""
+    the most frequent caption of the set's other images (of the captioned ones when there are no others).
+    `itg_loss` / `itg_loss_other_image`: mean ITG loss per caption token of those images' reference captions
+    given their own image / another image of the batch; equal when the captioner ignores the image."""
     world = dist.get_world_size() if dist.is_initialized() else 1
     share = math.ceil(st.caption_eval_images / world)
     predictions: dict[str, str] = {}
     references: dict[str, list[str]] = {}
     others: dict[str, str] = {}
     itg = lambda v, i, m: model(v, i, m, task="itg_logits")  # noqa: E731
+    prefix_len = prefix_token_ids(tokenizer, st.itg_prefix).numel()
+    loss_sums = torch.zeros(3, dtype=torch.float64)
     for batch in eval_set:
         todo = share - len(predictions)
         others.update(zip(batch["keys"][todo:], batch["captions"][todo:]) if todo > 0 else
@@ -144,6 +166,7 @@ def caption_metrics_on(eval_set: Any, model: nn.Module, tokenizer: Any, st: Any,
         batch = prepare(batch)
         tokens = model(batch["pixel_values"][:todo], task="vision_tokens")
         captions = greedy_captions(itg, tokenizer, tokens, st.itg_prefix, st.caption_max_new_tokens)
+        loss_sums += _itg_loss_sums(model, tokens, batch["captions"][:todo], tokenizer, st, prefix_len)
         for key, caption, reference in zip(batch["keys"], captions, batch["captions"]):
             predictions[key], references[key] = caption, [reference]
     predictions, references = _all_gather_dicts(predictions), _all_gather_dicts(references)
@@ -153,6 +176,10 @@ def caption_metrics_on(eval_set: Any, model: nn.Module, tokenizer: Any, st: Any,
     ours = caption_metrics(predictions, references)
     baseline = constant_caption_baseline(references, list(others.values()) or None)
     prefix = f"{eval_set.name}/caption"
-    return {f"{prefix}/bleu4": ours["bleu4"], f"{prefix}/cider": ours["cider"],
-            f"{prefix}/baseline_bleu4": baseline["bleu4"], f"{prefix}/baseline_cider": baseline["cider"],
-            f"{prefix}/n_images": float(len(predictions))}
+    out = {f"{prefix}/bleu4": ours["bleu4"], f"{prefix}/cider": ours["cider"],
+           f"{prefix}/baseline_bleu4": baseline["bleu4"], f"{prefix}/baseline_cider": baseline["cider"],
+           f"{prefix}/n_images": float(len(predictions))}
+    matched, other_image, n_tokens = all_reduce_sum(loss_sums.to(next(model.parameters()).device)).tolist()
+    if n_tokens:
+        out.update({f"{prefix}/itg_loss": matched / n_tokens, f"{prefix}/itg_loss_other_image": other_image / n_tokens})
+    return out

@@ -31,6 +31,7 @@ BAD_VALUES = [
     (["stage=generative", "stage.itc_weight=0", "stage.itm_weight=0", "stage.itg_weight=0"],
      "stage.itc_weight", "nothing to train"),
     (["stage=generative", "stage.itm_negatives=easy"], "stage.itm_negatives", "hard"),
+    (["stage=generative", "stage.lora_rank=4"], "stage.lora_rank", "train_qllama"),
     (["stage=sft", "stage.freeze_mlp=true", "stage.freeze_llm=true"], "stage.freeze_llm", "nothing to train"),
     (["stage=sft", "model.chat.template=chatml"], "model.chat.template", "chatml"),
     (["stage=sft", "model=tiny"], "model.chat", "chat model"),

@@ -40,10 +40,10 @@ def stage2_cfg(tmp_path, stage1_export):
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, stage1_export):
-    """One 3-step stage-2 run on ZeRO-1; returns (cfg, run_dir)."""
+    """One 3-step stage-2 run on ZeRO-1 with the paper's freezing (QLLaMA frozen); returns (cfg, run_dir)."""
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("stage2")
-    cfg = compose_run(stage2_overrides(root, stage1_export, ["deepspeed=zero1"]))
+    cfg = compose_run(stage2_overrides(root, stage1_export, ["deepspeed=zero1", "stage.train_qllama=false"]))
     run(cfg)
     return cfg, Path(cfg.run_dir)
 
@@ -79,8 +79,9 @@ def test_evaluation_reports_c_g_ensemble_itm_and_captions(trained):
     for encoder in ("c", "g", "cg", "g_itm"):
         assert 0 <= results[f"small/{encoder}/i2t_R@1"] <= 100
     assert results["small/caption/n_images"] == 8
-    for key in ("bleu4", "cider", "baseline_bleu4", "baseline_cider"):
+    for key in ("bleu4", "cider", "baseline_bleu4", "baseline_cider", "itg_loss", "itg_loss_other_image"):
         assert math.isfinite(results[f"small/caption/{key}"])
+    assert results["small/caption/itg_loss"] > 0 and results["small/caption/itg_loss_other_image"] > 0
 
 
 def test_exports_load_back_ours_and_official(trained):

@@ -1,5 +1,5 @@
 """Stage-2 parts: rank-count invariance of ITC + ITM on real gloo ranks, LoRA on QLLaMA merged into the export,
-greedy caption decoding."""
+training QLLaMA in full, greedy caption decoding, the image-grounding ITG metric."""
 from __future__ import annotations
 
 import os
@@ -16,6 +16,7 @@ from internvl_train.models.checkpoint import from_pretrained
 from internvl_train.models.generation import greedy_caption_ids
 from internvl_train.stages.base import DistInfo
 from internvl_train.stages.generative import GenerativeStage
+from internvl_train.stages.generative_eval import _itg_loss_sums
 
 from generative_helpers import compose_run, make_stage1_export
 
@@ -50,7 +51,8 @@ def test_two_rank_step_equals_one_rank_step_for_itc_and_itm(stage1_export, tmp_p
 
 
 def test_lora_trains_adapters_only_and_export_merges_them(stage1_export, tmp_path):
-    cfg = compose_run(["stage=generative", f"init_from={stage1_export}", "stage.lora_rank=2"])
+    cfg = compose_run(["stage=generative", f"init_from={stage1_export}", "stage.train_qllama=false",
+                       "stage.lora_rank=2"])
     stage = GenerativeStage(cfg, DistInfo())
     model = stage.build_model()
     freeze_modules(stage.frozen_modules(model))
@@ -91,3 +93,40 @@ def test_greedy_decoding_stops_at_eos_and_strips_the_prompt():
     out = greedy_caption_ids(itg_logits, torch.zeros(2, 3, 4), torch.tensor([1, 7]), eos, max_new_tokens=10)
     assert out == [[4, 5, 3], []]
     assert greedy_caption_ids(itg_logits, torch.zeros(2, 3, 4), torch.tensor([1, 7]), eos, 2) == [[4, 5], []]
+
+
+def test_train_qllama_trains_the_inherited_text_tower_through_every_loss(stage1_export):
+    cfg = compose_run(["stage=generative", f"init_from={stage1_export}", "stage.train_qllama=true",
+                       "stage.itm_weight=0", "stage.itg_weight=0"])  # ITC alone: the text embedding path
+    stage = GenerativeStage(cfg, DistInfo())
+    torch.manual_seed(0)
+    model = stage.build_model()
+    freeze_modules(stage.frozen_modules(model))
+    frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+    assert frozen and all(n.startswith(("vision.", "clip_projector.")) or n == "text_projection" for n in frozen)
+    batch = {"pixel_values": torch.randn(4, 3, 64, 64), "captions": ["a small red circle", "a large blue square",
+             "a green cross", "a purple triangle"], "keys": ["k0", "k1", "k2", "k3"]}
+    stage.compute_losses(model, batch)["loss"].backward()
+    inherited = model.text.model.layers[1].self_attn.q_proj.weight  # no cross-attention in layer 1
+    assert inherited.grad is not None and inherited.grad.abs().sum() > 0
+
+
+def test_itg_grounding_metric_is_equal_for_an_image_blind_captioner(stage1_export):
+    cfg = compose_run(["stage=generative", f"init_from={stage1_export}"])
+    stage = GenerativeStage(cfg, DistInfo())
+    torch.manual_seed(0)
+    model = stage.build_model().eval()
+    tokens, captions = torch.randn(3, 65, 64), ["a small red circle", "a large blue square", "a green cross"]
+    prefix_len = len(stage.itg_prompt)
+    with torch.no_grad():
+        for layer in model.text.model.layers:
+            if layer.cross_attn is not None:
+                layer.cross_attn.o_proj.weight.normal_(std=0.5)
+        seeing = _itg_loss_sums(model, tokens, captions, stage.tokenizer, cfg.stage, prefix_len)
+        for layer in model.text.model.layers:
+            if layer.cross_attn is not None:
+                layer.cross_attn.o_proj.weight.zero_()  # the queries no longer depend on the image
+        blind = _itg_loss_sums(model, tokens, captions, stage.tokenizer, cfg.stage, prefix_len)
+    assert seeing[2] == blind[2] > 0  # the same supervised caption tokens
+    assert abs(seeing[0] - seeing[1]) > 1e-3 and blind[0] == blind[1]
+    assert _itg_loss_sums(model, tokens[:1], captions[:1], stage.tokenizer, cfg.stage, prefix_len).sum() == 0
