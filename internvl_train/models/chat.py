@@ -158,8 +158,9 @@ def assemble_chat_model(config: InternVLConfig, vision_tower: nn.Module, llm: Pr
 
 
 def build_chat_model(cfg: ChatConfig, vision_tower: nn.Module, tokenizer: Any = None,
-                     model_g: Optional[nn.Module] = None, dtype: Optional[torch.dtype] = None) -> ChatBuild:
-    """A new chat model from a vision tower (InternVLVisionModel) and an LLM (cfg.llm_path or cfg.llm).
+                     model_g: Optional[nn.Module] = None, dtype: Optional[torch.dtype] = None,
+                     llm: Optional[PreTrainedModel] = None) -> ChatBuild:
+    """A new chat model from a vision tower (InternVLVisionModel) and an LLM (`llm`, else cfg.llm_path or cfg.llm).
 
     Adds the special tokens to the tokenizer (official order), grows the embeddings, creates `mlp1` (and
     `mlp2` with cfg.bridge == "mlp+qllama", which needs the stage-2 InternVL-G `model_g`), logs what is new."""
@@ -169,7 +170,7 @@ def build_chat_model(cfg: ChatConfig, vision_tower: nn.Module, tokenizer: Any = 
     fit_vision_resolution(vision_tower, cfg.force_image_size)
     tokenizer = tokenizer if tokenizer is not None else load_tokenizer(cfg)
     new_tokens = add_chat_special_tokens(tokenizer)
-    llm = load_or_build_llm(cfg, len(tokenizer), dtype)
+    llm = llm if llm is not None else load_or_build_llm(cfg, len(tokenizer), dtype)
     grown = grow_embeddings(llm, len(tokenizer))
     llm.config.vocab_size = llm.get_input_embeddings().weight.shape[0]
     config = make_chat_config(cfg, vision_tower.config, llm.config, image_context_token_id(tokenizer))

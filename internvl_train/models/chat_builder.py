@@ -4,6 +4,7 @@
   a chat checkpoint (config.json model_type internvl | internvl_chat): continue from it, tokenizer included;
   our stage-1/2 export (internvl_train_model.json): its ViT, and its QLLaMA for bridge=mlp+qllama;
 otherwise `model.vision.pretrained` (official InternViT, HF layout or .pth), else a fresh ViT.
+With `model.chat.llm_from_text_tower` the LLM is the text tower of `text_tower_from` (a stage-1/2 export).
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from internvl_train.models import checkpoint
 from internvl_train.models.adapters import internvit
 from internvl_train.models.chat import ChatBuild, build_chat_model
 from internvl_train.models.chat_checkpoint import load_chat_model
-from internvl_train.models.chat_llm import add_chat_special_tokens
+from internvl_train.models.chat_llm import add_chat_special_tokens, text_tower_as_llm
 from internvl_train.models.config import ModelConfig, as_model_config
 from internvl_train.models.internvl_g import InternVLG
 from internvl_train.models.vision import build_vision_tower
@@ -35,14 +36,20 @@ def is_chat_checkpoint(path: str | Path) -> bool:
     return config.is_file() and json.loads(config.read_text()).get("model_type") in CHAT_MODEL_TYPES
 
 
-def build_chat_from_config(model_cfg: Any, init_from: Optional[str] = None, tokenizer: Any = None) -> ChatBuild:
-    """ChatBuild for stage 3 from a ModelConfig (or its OmegaConf node) with `chat` set."""
+def build_chat_from_config(model_cfg: Any, init_from: Optional[str] = None, tokenizer: Any = None,
+                           text_tower_from: Optional[str] = None) -> ChatBuild:
+    """ChatBuild for stage 3 from a ModelConfig (or its OmegaConf node) with `chat` set. `text_tower_from`:
+    the stage-1/2 export whose text tower becomes the LLM (needed exactly with chat.llm_from_text_tower)."""
     cfg: ModelConfig = as_model_config(model_cfg)
     if cfg.chat is None:
         raise ValueError("model.chat is not set: pick a chat model preset, e.g. model=chat_tiny")
     if init_from and is_chat_checkpoint(init_from):
         return _continue_chat(init_from, tokenizer, cfg.chat.gradient_checkpointing)
+    if cfg.chat.llm_from_text_tower != (text_tower_from is not None):
+        raise ValueError("model.chat.llm_from_text_tower: pass text_tower_from (a stage-1/2 export) exactly when it "
+                         "is true")
     model_g: Optional[nn.Module] = None
+    previous: Optional[nn.Module] = None
     if init_from and checkpoint.is_our_checkpoint(init_from):
         previous = checkpoint.from_pretrained(init_from)
         tower = previous.vision
@@ -56,8 +63,25 @@ def build_chat_from_config(model_cfg: Any, init_from: Optional[str] = None, toke
             load_official_vision(tower, cfg.vision.pretrained)
     if cfg.chat.bridge == "mlp+qllama" and model_g is None:
         raise ValueError("model.chat.bridge=mlp+qllama needs init_from=<stage-2 (generative) export> for QLLaMA")
+    llm = _text_tower_llm(cfg, text_tower_from, previous if text_tower_from == init_from else None)
     return build_chat_model(cfg.chat, vision_tower=tower, tokenizer=tokenizer,
-                            model_g=model_g if cfg.chat.bridge == "mlp+qllama" else None)
+                            model_g=model_g if cfg.chat.bridge == "mlp+qllama" else None, llm=llm)
+
+
+def _text_tower_llm(cfg: ModelConfig, export: Optional[str], loaded: Optional[nn.Module]) -> Optional[nn.Module]:
+    """The LLM taken from a stage-1/2 export's text tower (`loaded`: that export, when already in memory)."""
+    if export is None:
+        return None
+    if loaded is None:
+        if not checkpoint.is_our_checkpoint(export):
+            raise FileNotFoundError(f"{export!r} is not a stage-1/2 export: model.chat.llm_from_text_tower takes the "
+                                    "LLM from one (run stage 1 first, or set model.chat.llm_from_text_tower=false)")
+        loaded = checkpoint.from_pretrained(export)
+    max_positions = cfg.chat.llm.max_position_embeddings if cfg.chat.llm is not None else None
+    llm = text_tower_as_llm(loaded.text, max_positions)
+    log.info("chat LLM from the text tower of %s (%d layers, width %d)", export, llm.config.num_hidden_layers,
+             llm.config.hidden_size)
+    return llm
 
 
 def load_official_vision(tower: nn.Module, path: str) -> None:

@@ -50,6 +50,10 @@ class ChatConfig:
 
     llm_path: Optional[str] = None  # local HF causal-LM directory (weights + tokenizer); never downloaded
     llm: Optional[ChatLLMConfig] = None  # inline LLM architecture when no llm_path (tests, demo, planning)
+    # Stage 3: the LLM starts from the text tower (the LLaMA LM) of the stage-1/2 export the run starts from
+    # (QLLaMA's cross-attention left out), with that export's tokenizer; `llm` then only sets
+    # max_position_embeddings. The demo's stand-in for a pretrained LLM (the paper's Vicuna).
+    llm_from_text_tower: bool = False
     downsample_ratio: float = 0.5
     ps_version: str = "v2"  # pixel-shuffle token order: v1 column-major (early chat models), v2 row-major
     template: str = "internvl2_5"  # conversation template (data_pipelines/sft/templates.py): the one home
@@ -73,8 +77,12 @@ class ChatConfig:
             _fail("model.chat.downsample_ratio", f"must be 1/k for an integer k >= 1, got {self.downsample_ratio}")
         if self.max_dynamic_patch < 1:
             _fail("model.chat.max_dynamic_patch", f"must be >= 1, got {self.max_dynamic_patch}")
-        if self.llm_path is None and self.llm is None:
-            _fail("model.chat.llm_path", "set llm_path (a local HF causal-LM directory) or an inline model.chat.llm")
+        if self.llm_from_text_tower and self.llm_path is not None:
+            _fail("model.chat.llm_path", f"is {self.llm_path!r} while model.chat.llm_from_text_tower is true: pick one "
+                                         "LLM (set model.chat.llm_from_text_tower=false to use llm_path)")
+        if self.llm_path is None and self.llm is None and not self.llm_from_text_tower:
+            _fail("model.chat.llm_path", "set llm_path (a local HF causal-LM directory), an inline model.chat.llm, "
+                                         "or model.chat.llm_from_text_tower=true")
         if self.llm is not None:
             self.llm.validate()
 

@@ -100,6 +100,22 @@ def load_or_build_llm(cfg: ChatConfig, vocab_size: int, dtype: Optional[torch.dt
     return llm
 
 
+def text_tower_as_llm(text_tower: PreTrainedModel, max_position_embeddings: Optional[int] = None) -> PreTrainedModel:
+    """A stage-1/2 text tower (LlamaForCausalLM, or QLLaMA) as a plain LlamaForCausalLM with the same weights;
+    QLLaMA's cross-attention (it reads the ViT through learnable queries, which the chat model has not) is
+    left out. `max_position_embeddings` raises the tower's (caption-length) limit to the chat sequences'."""
+    from transformers import LlamaForCausalLM
+
+    config = text_tower.config.__class__.from_dict(text_tower.config.to_dict())
+    config.architectures = ["LlamaForCausalLM"]
+    if max_position_embeddings:
+        config.max_position_embeddings = max(config.max_position_embeddings, max_position_embeddings)
+    llm = LlamaForCausalLM(config).to(next(text_tower.parameters()).dtype)
+    state = {k: v for k, v in text_tower.state_dict().items() if ".cross_attn." not in k}
+    llm.load_state_dict(state, strict=True)
+    return llm
+
+
 @torch.no_grad()
 def grow_embeddings(llm: PreTrainedModel, vocab_size: int) -> int:
     """Resize input/output embeddings to vocab_size; new rows start at the mean of the old ones (as official).

@@ -29,7 +29,7 @@ from internvl_train.models.chat_generate import ChatPrompter, PromptSettings
 from internvl_train.stages.base import Stage, StatefulLoader
 from internvl_train.stages.common import model_dtype, to_device
 from internvl_train.stages.sft_model import (add_lora_adapters, frozen_parts, load_sft_tokenizer, merged_state_dict,
-                                             resolve_vision_init)
+                                             resolve_text_tower_source, resolve_vision_init)
 
 log = logging.getLogger(__name__)
 
@@ -40,12 +40,14 @@ class SftStage(Stage):
     def __init__(self, cfg: Any, dist: Any):
         super().__init__(cfg, dist)
         self.init_from = resolve_vision_init(cfg)
-        self.tokenizer = load_sft_tokenizer(cfg, self.init_from)
+        self.text_tower_from = resolve_text_tower_source(cfg, self.init_from)
+        self.tokenizer = load_sft_tokenizer(cfg, self.init_from, self.text_tower_from)
         self.sft_data = OmegaConf.to_object(cfg.data.sft) if OmegaConf.is_config(cfg.data.sft) else cfg.data.sft
 
     # ---- model -------------------------------------------------------------------------------
     def build_model(self) -> nn.Module:
-        build = build_chat_from_config(self.cfg.model, init_from=self.init_from, tokenizer=self.tokenizer)
+        build = build_chat_from_config(self.cfg.model, init_from=self.init_from, tokenizer=self.tokenizer,
+                                       text_tower_from=self.text_tower_from)
         model, self.tokenizer = build.model, build.tokenizer
         self._model_config = model.config
         trained_with = getattr(model.config, "template", None)

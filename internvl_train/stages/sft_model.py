@@ -37,14 +37,34 @@ def resolve_vision_init(cfg: Any) -> Optional[str]:
         "export or chat checkpoint>, model.vision.pretrained=<official InternViT>, or stage.vision_init=scratch")
 
 
-def load_sft_tokenizer(cfg: Any, init_from: Optional[str]) -> Any:
-    """The LLM's tokenizer: a chat checkpoint's own, else model.chat.llm_path's, else model.text.tokenizer,
-    else the init_from export's (stages 1/2 export theirs), else the demo tokenizer."""
+def resolve_text_tower_source(cfg: Any, init_from: Optional[str]) -> Optional[str]:
+    """With model.chat.llm_from_text_tower: the stage-1/2 export whose text tower becomes the LLM: `init_from`,
+    else the first existing `stage.previous_exports` directory, also for a scratch ViT (so the ablation
+    of stages 1-2 changes the ViT alone). None without the option, or when continuing a chat checkpoint."""
+    if not cfg.model.chat.llm_from_text_tower or (init_from and is_chat_checkpoint(init_from)):
+        return None
+    if init_from:
+        return init_from
+    for path in cfg.stage.previous_exports:
+        if os.path.isdir(path):
+            log.info("the LLM comes from the text tower of the previous stage's export %s", path)
+            return path
+    raise FileNotFoundError(
+        f"model.chat.llm_from_text_tower=true takes the LLM from a stage-1/2 export's text tower, and none exists "
+        f"(init_from is null; looked for {list(cfg.stage.previous_exports)}, relative to {os.getcwd()}). Produce "
+        f"one with\n  {PRODUCE_PREVIOUS}\nor pass init_from=<stage-1/2 export>, or set "
+        "model.chat.llm_from_text_tower=false (a new LLM from model.chat.llm, or model.chat.llm_path)")
+
+
+def load_sft_tokenizer(cfg: Any, init_from: Optional[str], text_tower_from: Optional[str] = None) -> Any:
+    """The LLM's tokenizer: a chat checkpoint's own, else model.chat.llm_path's, else the text-tower export's
+    (model.chat.llm_from_text_tower), else model.text.tokenizer, else the init_from export's (stages 1/2
+    export theirs), else the demo tokenizer."""
     from transformers import AutoTokenizer
 
     chat, text = cfg.model.chat, cfg.model.text
     candidates = [init_from if init_from and is_chat_checkpoint(init_from) else None, chat.llm_path,
-                  text.tokenizer, init_from]
+                  text_tower_from, text.tokenizer, init_from]
     for path in candidates:
         if path and os.path.isfile(os.path.join(path, "tokenizer_config.json")):
             log.info("tokenizer from %s", path)

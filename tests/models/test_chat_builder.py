@@ -67,3 +67,22 @@ def test_continue_from_a_native_chat_export(tmp_path: Path) -> None:
         ours = chat_forward(first.model.eval(), ids, pixels).logits
         theirs = chat_forward(again.model.eval(), ids, pixels).logits[..., : ours.shape[-1]]
     torch.testing.assert_close(theirs, ours)
+
+
+def test_llm_from_the_stage2_text_tower_without_its_cross_attention(tmp_path: Path) -> None:
+    model_g = tiny_internvl_g().eval()
+    checkpoint.save_pretrained(model_g, tmp_path / "stage2")
+    cfg = chat_model_config(model_g.config)
+    cfg.chat.llm_from_text_tower = True
+    with pytest.raises(ValueError, match="text_tower_from"):
+        build_chat_from_config(cfg, tokenizer=build_tiny_tokenizer())
+    build = build_chat_from_config(cfg, tokenizer=build_tiny_tokenizer(), text_tower_from=str(tmp_path / "stage2"))
+    model = build.model.eval()
+    assert model.config.text_config.max_position_embeddings == cfg.chat.llm.max_position_embeddings
+    assert not any("cross_attn" in k for k in model.state_dict())
+    vocab = model_g.text.config.vocab_size
+    ids = torch.randint(3, vocab, (2, 6))
+    with torch.no_grad():  # the chat LLM is QLLaMA's text-only path: same logits over the old vocabulary
+        ours = model.lm_head(model.model.language_model(input_ids=ids).last_hidden_state)[..., :vocab]
+        expected = model_g.text.lm_head(model_g.text_hidden(ids, torch.ones_like(ids)))
+    torch.testing.assert_close(ours, expected, rtol=1e-5, atol=1e-5)

@@ -8,6 +8,7 @@ import torch
 from sft_helpers import compose_sft
 
 from internvl_train.engine.freeze import freeze_modules
+from internvl_train.models.checkpoint import from_pretrained
 from internvl_train.stages.sft import SftStage
 
 
@@ -123,6 +124,22 @@ def test_vision_tower_comes_from_the_previous_stage_export(tmp_path, dist, monke
     assert stage.init_from == "runs/contrastive/export"
     ours = model.model.vision_tower.state_dict()
     assert all(torch.equal(ours[k], v) for k, v in export.items()), "ViT weights differ from the stage-1 export"
+
+
+def test_llm_from_the_previous_text_tower_also_for_a_scratch_vit(tmp_path, dist, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cfg = compose_sft(tmp_path / "run", ["model.chat.llm_from_text_tower=true", "stage.vision_init=scratch"])
+    with pytest.raises(FileNotFoundError, match=r"(?s)llm_from_text_tower.*stage=contrastive"):
+        SftStage(cfg, dist)
+    write_tiny_stage1_export(tmp_path / "runs" / "contrastive" / "export")
+    stage, model = built(cfg, dist)
+    assert stage.init_from is None and stage.text_tower_from == "runs/contrastive/export"
+    tower = from_pretrained(tmp_path / "runs" / "contrastive" / "export").text.state_dict()
+    llm = model.model.language_model.state_dict()
+    assert all(torch.equal(llm[k.removeprefix("model.")], v) for k, v in tower.items()
+               if k.startswith("model.layers.")), "LLM layers differ from the stage-1 text tower"
+    old_rows = tower["model.embed_tokens.weight"].shape[0]
+    assert torch.equal(llm["embed_tokens.weight"][:old_rows], tower["model.embed_tokens.weight"])
 
 
 def write_tiny_stage1_export(path: Path) -> dict[str, torch.Tensor]:
