@@ -27,14 +27,21 @@ def resolve_vision_init(cfg: Any) -> Optional[str]:
     stage = cfg.stage
     if cfg.init_from or stage.vision_init == "scratch" or cfg.model.vision.pretrained:
         return cfg.init_from or None
-    for path in stage.previous_exports:
+    path = _first_previous_export(stage.previous_exports, "the ViT")
+    if path is None:
+        raise FileNotFoundError(
+            f"init_from is null and no previous stage export exists (looked for {list(stage.previous_exports)}, "
+            f"relative to {os.getcwd()}). Produce one with\n  {PRODUCE_PREVIOUS}\nor pass init_from=<stage-1/2 "
+            "export or chat checkpoint>, model.vision.pretrained=<official InternViT>, or stage.vision_init=scratch")
+    return path
+
+
+def _first_previous_export(candidates: Any, what: str) -> Optional[str]:
+    for path in candidates:
         if os.path.isdir(path):
-            log.info("init_from is null: the ViT comes from the previous stage's export %s", path)
+            log.info("init_from is null: %s comes from the previous stage's export %s", what, path)
             return path
-    raise FileNotFoundError(
-        f"init_from is null and no previous stage export exists (looked for {list(stage.previous_exports)}, "
-        f"relative to {os.getcwd()}). Produce one with\n  {PRODUCE_PREVIOUS}\nor pass init_from=<stage-1/2 "
-        "export or chat checkpoint>, model.vision.pretrained=<official InternViT>, or stage.vision_init=scratch")
+    return None
 
 
 def resolve_text_tower_source(cfg: Any, init_from: Optional[str]) -> Optional[str]:
@@ -43,17 +50,14 @@ def resolve_text_tower_source(cfg: Any, init_from: Optional[str]) -> Optional[st
     of stages 1-2 changes the ViT alone). None without the option, or when continuing a chat checkpoint."""
     if not cfg.model.chat.llm_from_text_tower or (init_from and is_chat_checkpoint(init_from)):
         return None
-    if init_from:
-        return init_from
-    for path in cfg.stage.previous_exports:
-        if os.path.isdir(path):
-            log.info("the LLM comes from the text tower of the previous stage's export %s", path)
-            return path
-    raise FileNotFoundError(
-        f"model.chat.llm_from_text_tower=true takes the LLM from a stage-1/2 export's text tower, and none exists "
-        f"(init_from is null; looked for {list(cfg.stage.previous_exports)}, relative to {os.getcwd()}). Produce "
-        f"one with\n  {PRODUCE_PREVIOUS}\nor pass init_from=<stage-1/2 export>, or set "
-        "model.chat.llm_from_text_tower=false (a new LLM from model.chat.llm, or model.chat.llm_path)")
+    path = init_from or _first_previous_export(cfg.stage.previous_exports, "the LLM (its text tower)")
+    if path is None:
+        raise FileNotFoundError(
+            f"model.chat.llm_from_text_tower=true takes the LLM from a stage-1/2 export's text tower, and none "
+            f"exists (init_from is null; looked for {list(cfg.stage.previous_exports)}, relative to {os.getcwd()}). "
+            f"Produce one with\n  {PRODUCE_PREVIOUS}\nor pass init_from=<stage-1/2 export>, or set "
+            "model.chat.llm_from_text_tower=false (a new LLM from model.chat.llm, or model.chat.llm_path)")
+    return path
 
 
 def load_sft_tokenizer(cfg: Any, init_from: Optional[str], text_tower_from: Optional[str] = None) -> Any:
