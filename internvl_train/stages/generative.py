@@ -4,11 +4,12 @@ What model: InternVL-G built from a stage-1 export (`init_from`, default `stage.
 stage-1 run) or official weights; only the queries, the cross-attention layers, `clip_projector2` and
 `itm_head` are new. What trains: those new parts and `logit_scale`; InternViT, `clip_projector`,
 `text_projection` and the inherited LLaMA weights are frozen (eval mode), as in the paper; `stage.lora_rank`
-adds LoRA adapters on the inherited QLLaMA weights, `stage.train_qllama` trains them in full (the demo default). Losses, per micro-batch over the global batch of all
-ranks: ITC (query-based image embedding vs. the text embedding, exact gradient across ranks), ITM (hard or
-random negatives drawn from the global batch, itm_head averaged over the query outputs), ITG (captioning
-conditioned on the queries); total = weighted sum. Evaluation: retrieval with InternVL-C, InternVL-G and
-the official ensemble side by side (optionally ITM re-ranking), greedy captions scored with BLEU-4 / CIDEr.
+adds LoRA adapters on the inherited QLLaMA weights, `stage.train_qllama` trains them in full (the demo
+default). Losses, per micro-batch over the global batch of all ranks: ITC (query-based image embedding vs. the
+text embedding, exact gradient across ranks), ITM (hard or random negatives drawn from the global batch,
+itm_head averaged over the query outputs), ITG (captioning conditioned on the queries); total = weighted sum.
+Evaluation: retrieval with InternVL-C, InternVL-G and the official ensemble side by side (optionally ITM
+re-ranking), greedy captions scored with BLEU-4 / CIDEr.
 """
 from __future__ import annotations
 
