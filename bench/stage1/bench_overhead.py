@@ -31,12 +31,14 @@ def framework_samples_per_s(steps: int, batch: int, run_dir: Path) -> float:
 
 
 def bare_samples_per_s(steps: int, batch: int) -> float:
-    """The same tiny InternVL-C, torch AdamW and open_clip's ClipLoss on tensors already in memory."""
+    """The same tiny InternVL-C, torch AdamW, open_clip's ClipLoss and the text tower's LM loss (the demo trains
+    both: its text tower starts random, so stage.text_lm_weight resolves to 1) on tensors already in memory."""
     from hydra import compose, initialize_config_dir
 
     from internvl_train.app import CONFIG_DIR
     from internvl_train.config import register_configs
     from internvl_train.losses.itc import itc_loss
+    from internvl_train.losses.lm import lm_loss
     from internvl_train.models.builder import build_internvl_c
     from internvl_train.stages.common import load_tokenizer
 
@@ -54,8 +56,8 @@ def bare_samples_per_s(steps: int, batch: int) -> float:
     for step in range(steps + warmup):
         if step == warmup:
             start = time.perf_counter()
-        out = model(pixels, ids, mask)
-        loss = itc_loss(out["image_embeds"], out["text_embeds"], out["logit_scale"])
+        out = model(pixels, ids, mask, text_logits=True)
+        loss = itc_loss(out["image_embeds"], out["text_embeds"], out["logit_scale"]) + lm_loss(out["text_logits"], ids)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
