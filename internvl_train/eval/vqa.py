@@ -75,7 +75,8 @@ def majority_answer_baseline(
     if not counts:
         raise ValueError("majority_answer_baseline: no answers given.")
     answer = min(counts, key=lambda a: (-counts[a], a))
-    return {**vqa_metrics({q: answer for q in references}, references, metric), "majority_answer": answer}  # type: ignore[dict-item]
+    metrics = vqa_metrics({q: answer for q in references}, references, metric)
+    return {**metrics, "majority_answer": answer}  # type: ignore[dict-item]
 
 
 def write_vqa_results(path: str | Path, results: Iterable[Mapping[str, object]]) -> int:

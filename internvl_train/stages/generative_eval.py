@@ -16,8 +16,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from internvl_train.eval.captioning import caption_metrics, constant_caption_baseline
-from internvl_train.losses.itg import IGNORE_INDEX, itg_labels, next_token_ce
 from internvl_train.losses.collectives import all_gather_cat_uneven, all_reduce_sum
+from internvl_train.losses.itg import IGNORE_INDEX, itg_labels, next_token_ce
 from internvl_train.models.generation import greedy_captions
 from internvl_train.models.text import prepare_caption_inputs
 from internvl_train.stages.common import prefix_token_ids
