@@ -14,9 +14,13 @@ Do NOT divide or multiply the loss by the world size.
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import torch
+import torch.nn.functional as F
 from open_clip.loss import ClipLoss
+
+from internvl_train.losses.itg import IGNORE_INDEX
 
 MAX_LOGIT_SCALE = math.log(100.0)  # CLIP's clamp: temperature never below 1/100
 INIT_LOGIT_SCALE = math.log(1 / 0.07)  # CLIP / InternVL initial log-scale
@@ -33,16 +37,28 @@ def itc_loss(
     logit_scale: torch.Tensor,
     rank: int = 0,
     world_size: int = 1,
+    ignore: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """Symmetric InfoNCE over the global batch; inputs are this rank's L2-normalised embeddings [B, D]
-    and the multiplier exp(log_scale). Computed in fp32 (bf16 logits lose the softmax tail)."""
+    and the multiplier exp(log_scale). Computed in fp32 (bf16 logits lose the softmax tail).
+
+    `ignore` [B] bool: local rows without a target in either direction (stage 2's empty texts, as the
+    official InternVL-G forward); they stay in the gathered columns as negatives, and the mean runs over the
+    rows kept. A rank whose rows are all ignored returns 0 * logits (the graph stays: every rank runs the
+    same backward)."""
     if image_emb.shape != text_emb.shape or image_emb.dim() != 2:
         raise ValueError(
             f"itc_loss: image_emb {tuple(image_emb.shape)} and text_emb {tuple(text_emb.shape)} must both be "
             "[batch, dim] with the same shape (one caption per image in a training batch)."
         )
     loss_fn = build_clip_loss(rank, world_size)
-    return loss_fn(image_emb.float(), text_emb.float(), logit_scale.float())
+    per_image, per_text = loss_fn.get_logits(image_emb.float(), text_emb.float(), logit_scale.float())
+    targets = loss_fn.get_ground_truth(per_image.device, per_image.shape[0])
+    if ignore is not None:
+        if bool(ignore.all()):
+            return (per_image.sum() + per_text.sum()) * 0.0
+        targets = targets.masked_fill(ignore.to(targets.device), IGNORE_INDEX)
+    return (F.cross_entropy(per_image, targets) + F.cross_entropy(per_text, targets)) / 2
 
 
 def scaled_logit_scale(log_scale: torch.Tensor, max_value: float = MAX_LOGIT_SCALE) -> torch.Tensor:

@@ -19,6 +19,8 @@ from typing import Callable, Literal
 import torch
 import torch.nn.functional as F
 
+from internvl_train.losses.itg import IGNORE_INDEX
+
 HARD_NEGATIVE_EPS = 1e-4  # BLIP-2's additive epsilon on the softmax weights
 
 
@@ -111,13 +113,16 @@ class ItmOutput:
 ItmLogitsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def itm_loss(itm_logits: ItmLogitsFn, local_rows: torch.Tensor, negatives: ItmNegatives) -> ItmOutput:
+def itm_loss(itm_logits: ItmLogitsFn, local_rows: torch.Tensor, negatives: ItmNegatives,
+             ignore_text: torch.Tensor | None = None) -> ItmOutput:
     """Two-class cross-entropy on [positives, image -> negative text, negative image -> text] (BLIP-2 order).
 
     itm_logits(image_index, text_index) -> [M, 2] logits (class 1 = match) for the pairs of global-batch rows;
     the stage gathers what it needs (ViT tokens, token ids) from the global batch.
-    When this rank has no negative at all (global batch of one) the loss is 0 * logits (graph kept, so every
-    rank runs the same backward) and `skipped` says why: log it, it is not a training signal.
+    ignore_text: optional [N] bool over the global batch's texts; a pair whose text is marked has no target
+    (stage 2's empty texts, as the official InternVL-G forward) and is left out of the mean and the accuracy.
+    When this rank has no negative at all (global batch of one), or every pair is ignored, the loss is
+    0 * logits (graph kept, so every rank runs the same backward) and `skipped` says why: log it.
     """
     image_index = torch.cat([local_rows, negatives.image_rows, negatives.image_for_text])
     text_index = torch.cat([local_rows, negatives.text_for_image, negatives.text_rows])
@@ -125,6 +130,11 @@ def itm_loss(itm_logits: ItmLogitsFn, local_rows: torch.Tensor, negatives: ItmNe
     logits = itm_logits(image_index, text_index).float()
     labels = torch.zeros(image_index.numel(), dtype=torch.long, device=logits.device)
     labels[: local_rows.numel()] = 1
-    accuracy = (logits.argmax(dim=1) == labels).float().mean().detach()
-    loss = F.cross_entropy(logits, labels) if n_neg > 0 else logits.sum() * 0.0
+    kept = torch.ones_like(labels, dtype=torch.bool)
+    if ignore_text is not None:
+        kept = ~ignore_text.to(logits.device)[text_index]
+    correct = (logits.argmax(dim=1) == labels)[kept].float()
+    accuracy = (correct.mean() if correct.numel() else logits.new_zeros(())).detach()
+    trains = n_neg > 0 and bool(kept.any())
+    loss = F.cross_entropy(logits, labels.masked_fill(~kept, IGNORE_INDEX)) if trains else logits.sum() * 0.0
     return ItmOutput(loss, accuracy, n_neg, negatives.skipped)

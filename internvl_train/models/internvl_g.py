@@ -47,7 +47,8 @@ class InternVLG(InternVLC):
             model.activation_checkpointing_enable()
         return model
 
-    TASKS = InternVLC.TASKS + ("encode_image_g", "query_outputs", "qllama_hidden", "itm_logits", "itg_logits")
+    TASKS = InternVLC.TASKS + ("encode_image_g", "encode_image_cg", "query_outputs", "qllama_hidden", "itm_logits",
+                               "itg_logits")
 
     @property
     def num_queries(self) -> int:
@@ -93,12 +94,16 @@ class InternVLG(InternVLC):
         """InternVL-G image embedding [B, E] (unnormalised): clip_projector2 over the query outputs."""
         return self.clip_projector2(self.query_outputs(vision_tokens))
 
+    def encode_image_cg(self, vision_tokens: torch.Tensor) -> torch.Tensor:
+        """The official InternVL-G image embedding [B, E]: normalize(C) + normalize(G), NOT normalised again
+        (as the official `encode_image`; its `forward`, like every caller here, normalises the result)."""
+        c = F.normalize(self.encode_image_c(vision_tokens), dim=-1)
+        g = F.normalize(self.encode_image_g(vision_tokens), dim=-1)
+        return c + g
+
     def encode_image(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """Ensemble as the official InternVL-G: normalize(normalize(C) + normalize(G)) [B, E]."""
-        tokens = self.vision_tokens(pixel_values)
-        c = F.normalize(self.encode_image_c(tokens), dim=-1)
-        g = F.normalize(self.encode_image_g(tokens), dim=-1)
-        return F.normalize(c + g, dim=-1)
+        """As the official InternVL-G `encode_image`: the un-normalised ensemble (encode_image_cg)."""
+        return self.encode_image_cg(self.vision_tokens(pixel_values))
 
     # ---- what stage 2 trains -----------------------------------------------------------------
     def stage2_frozen_modules(self, train_qllama: bool = False) -> list[nn.Module]:

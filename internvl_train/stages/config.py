@@ -86,6 +86,9 @@ class GenerativeStageConfig(StageConfig):
     itg_prefix: str = "English caption:"
     caption_prefix: str = "summarize:"
     max_text_len: int = 80
+    # As the official InternVL-G forward: an empty caption (its text is the prefix alone) has no ITC target and
+    # its ITM pairs no label. False keeps such rows as ordinary samples.
+    ignore_empty_text: bool = True
     # The paper freezes the inherited QLLaMA weights (False). True trains them too (self-attention, MLP, norms,
     # embeddings, LM head): the demo default, because a frozen 0.3M-parameter LM cannot be steered by queries
     # the way the paper's 8B one can (docs/stage2.md has the measurement).

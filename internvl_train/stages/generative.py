@@ -61,6 +61,7 @@ class GenerativeStage(Stage):
         st = cfg.stage
         self.weights = {"itc": st.itc_weight, "itm": st.itm_weight, "itg": st.itg_weight}
         self.itg_prompt = prefix_token_ids(self.tokenizer, st.itg_prefix)
+        self.empty_text_len = empty_text_length(self.tokenizer, st) if st.ignore_empty_text else None
 
     # ---- model -------------------------------------------------------------------------------
     def build_model(self) -> nn.Module:
@@ -104,11 +105,14 @@ class GenerativeStage(Stage):
         with torch.set_grad_enabled(torch.is_grad_enabled() and text_trains):  # else a frozen text path
             text = F.normalize(model(inputs["input_ids"], inputs["attention_mask"], task="encode_text"), dim=-1)
         scale = scaled_logit_scale(model.logit_scale).reshape(())
+        empty = self._empty_texts(inputs["attention_mask"])
         terms, metrics = {}, {"logit_scale": scale.detach()}
+        if empty is not None:
+            metrics["empty_texts"] = empty.sum().float()
         if self.weights["itc"]:
-            terms["itc"] = itc_loss(image, text, scale, self.dist.rank, self.dist.world_size)
+            terms["itc"] = itc_loss(image, text, scale, self.dist.rank, self.dist.world_size, ignore=empty)
         if self.weights["itm"]:
-            itm = self._itm(model, inputs, tokens, image, text, scale)
+            itm = self._itm(model, inputs, tokens, image, text, scale, empty)
             terms["itm"] = itm.loss
             metrics.update(itm_accuracy=itm.accuracy, itm_skipped=torch.tensor(float(itm.skipped)))
         if self.weights["itg"]:
@@ -118,11 +122,19 @@ class GenerativeStage(Stage):
         losses = combine_losses(terms, {k: w for k, w in self.weights.items() if k in terms})
         return {**losses, **metrics}
 
+    def _empty_texts(self, attention_mask: torch.Tensor) -> torch.Tensor | None:
+        """[B] bool: captions that gave no token (the text is the prefix alone); None when the rule is off.
+        The official InternVL-G forward ignores such rows in ITC and such pairs in ITM by token count."""
+        if self.empty_text_len is None:
+            return None
+        return attention_mask.sum(dim=1) <= self.empty_text_len
+
     def _itm(self, model: nn.Module, inputs: Mapping[str, Any], tokens: torch.Tensor, image: torch.Tensor,
-             text: torch.Tensor, scale: torch.Tensor) -> ItmOutput:
+             text: torch.Tensor, scale: torch.Tensor, empty: torch.Tensor | None) -> ItmOutput:
         """ITM on the local positives and one negative per local image and per local text, drawn from the
         global batch (hard: by ITC similarity). The frozen ViT's tokens of other ranks come without
-        gradient; the negatives depend only on the global batch, not on how it is split over ranks."""
+        gradient; the negatives depend only on the global batch, not on how it is split over ranks.
+        Pairs whose text is empty (`empty`, gathered) have no target."""
         b, device = image.shape[0], image.device
         all_image, all_text = all_gather_cat(image.detach().float()), all_gather_cat(text.detach().float())
         local_rows = torch.arange(b, device=device) + self.dist.rank * b
@@ -142,7 +154,8 @@ class GenerativeStage(Stage):
             return model(all_tokens[image_index], all_ids[text_index][:, :width], mask[:, :width],
                          task="itm_logits")
 
-        return itm_loss(itm_logits, local_rows, negatives)
+        ignore_text = all_gather_cat(empty) if empty is not None else None
+        return itm_loss(itm_logits, local_rows, negatives, ignore_text)
 
     def after_optimizer_step(self, model: nn.Module) -> None:
         clamp_logit_scale_(model.logit_scale)
@@ -174,6 +187,12 @@ class GenerativeStage(Stage):
         official.mkdir(parents=True, exist_ok=True)
         save_torch_state_dict(internvl14b.ours_to_official(state), official)
         log.info("exported InternVL-G to %s (official InternVL-14B layout in %s/)", out_dir, OFFICIAL_EXPORT_DIR)
+
+
+def empty_text_length(tokenizer: Any, st: Any) -> int:
+    """Token count of an empty caption's text (BOS + `caption_prefix` + EOS): a text that long has no caption.
+    With the official LLaMA tokenizer this is the count the official forward hard-codes (5 for "summarize:")."""
+    return int(prepare_caption_inputs(tokenizer, [""], st.caption_prefix, st.max_text_len)["attention_mask"].sum())
 
 
 def _pad_to(tensor: torch.Tensor, width: int) -> torch.Tensor:

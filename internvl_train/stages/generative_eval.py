@@ -37,7 +37,7 @@ def _text_encoder(model: nn.Module, tokenizer: Any, st: Any, device: Any) -> Cal
 
 
 def _image_encoders(model: nn.Module) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
-    """c, g and the official InternVL-G ensemble normalize(normalize(c) + normalize(g)), one ViT pass each."""
+    """c, g and the official InternVL-G ensemble normalize(c) + normalize(g), one ViT pass each (callers normalise)."""
     last: dict[str, torch.Tensor] = {}
 
     def tokens(pixels: torch.Tensor) -> torch.Tensor:
@@ -52,7 +52,7 @@ def _image_encoders(model: nn.Module) -> dict[str, Callable[[torch.Tensor], torc
         return model(tokens(pixels), task="encode_image_g")
 
     def cg(pixels: torch.Tensor) -> torch.Tensor:
-        return F.normalize(F.normalize(c(pixels), dim=-1) + F.normalize(g(pixels), dim=-1), dim=-1)
+        return model(tokens(pixels), task="encode_image_cg")
 
     return {"c": c, "g": g, "cg": cg}
 
