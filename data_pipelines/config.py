@@ -1,4 +1,4 @@
-"""Configuration of the image-text data (schema `data_schema`). No torch import: validation must be fast."""
+"""Configuration of the image-text data (schema `/schema/data`). No torch import: validation must be fast."""
 from __future__ import annotations
 
 import os

@@ -69,7 +69,29 @@ def _compose_and_run(cfg: DictConfig) -> None:
     run(cfg)
 
 
+def _reject_unknown_override_keys(args: list[str]) -> None:
+    """Compose once before Hydra does, to name an override of an unknown key with a "did you mean" (Hydra's
+    own message suggests `+key`, which a typed node would ignore). Other composition errors, and command
+    lines with flags (--multirun, --cfg, ...), are left to Hydra's own reporting."""
+    if any(a.startswith("-") for a in args):
+        return
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import ConfigCompositionException
+
+    from internvl_train.config_keys import composition_key_error
+
+    try:
+        with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+            compose("config", overrides=args)
+    except ConfigCompositionException as err:
+        key_error = composition_key_error(err)
+        if key_error is not None:
+            print(f"config error: {key_error.key}: {key_error.reason}", file=sys.stderr)
+            raise SystemExit(EXIT_CONFIG_ERROR) from None
+
+
 def main() -> None:
     """Entry point of `python -m internvl_train`: register the schemas, let Hydra compose, run."""
     register_configs()
+    _reject_unknown_override_keys(sys.argv[1:])
     _compose_and_run()

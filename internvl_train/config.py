@@ -180,7 +180,8 @@ def _check_group_types(run: RunConfig) -> None:
         value = getattr(run, group)
         if not isinstance(value, schema):
             raise ConfigError(group, f"expected a {schema.__name__}, got {type(value).__name__}; every option "
-                                     f"in configs/{group}/ must start its defaults list with its schema")
+                                     f"in configs/{group}/ must start its defaults list with its schema "
+                                     "(e.g. /schema/model@_here_, /schema/stage/sft@_here_)")
 
 
 def register_configs() -> None:
@@ -194,21 +195,27 @@ def register_configs() -> None:
 
     cs = ConfigStore.instance()
     cs.store(name="run_schema", node=RunConfig)
-    for group, name, node in (
-        ("stage", "contrastive_schema", ContrastiveStageConfig),
-        ("stage", "generative_schema", GenerativeStageConfig),
-        ("stage", "sft_schema", SftStageConfig),
-        ("model", "model_schema", ModelConfig),
-        ("data", "data_schema", DataConfig),
-        ("trainer", "trainer_schema", TrainerConfig),
-        ("deepspeed", "deepspeed_schema", DeepSpeedConfig),
-        ("logger", "logger_schema", LoggerConfig),
+    # Under schema/, not in the groups themselves: a schema is not an option (`stage=sft_schema` would select
+    # it and Hydra would list it among a group's choices). Options extend one with `/schema/<path>@_here_`.
+    for path, node in (
+        ("stage/contrastive", ContrastiveStageConfig),
+        ("stage/generative", GenerativeStageConfig),
+        ("stage/sft", SftStageConfig),
+        ("model", ModelConfig),
+        ("data", DataConfig),
+        ("trainer", TrainerConfig),
+        ("deepspeed", DeepSpeedConfig),
+        ("logger", LoggerConfig),
     ):
+        group, _, name = f"schema/{path}".rpartition("/")
         cs.store(group=group, name=name, node=node)
 
 
 def check_run_config(cfg: DictConfig) -> RunConfig:
     """Convert the composed config to dataclasses and run every validate(); raise ConfigError (full key)."""
+    from internvl_train.config_keys import check_known_keys
+
+    check_known_keys(cfg)  # before to_object, which would drop a `+key` silently
     try:
         run = OmegaConf.to_object(cfg)
     except OmegaConfBaseException as err:

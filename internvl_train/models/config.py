@@ -1,7 +1,7 @@
 """Structured config of the stage-1/2 models: InternViT, the LLaMA text tower, QLLaMA and the CLIP heads.
 
-No torch import (Hydra validates configs before any model is built). Registered as `model_schema`; every
-configs/model/*.yaml starts with `defaults: [model_schema, _self_]`. Each validate() checks only its own
+No torch import (Hydra validates configs before any model is built). Registered as `schema/model`; every
+configs/model/*.yaml starts with `defaults: [/schema/model@_here_, _self_]`. Each validate() checks only its own
 node with keys relative to it; internvl_train.config walks the tree and qualifies the keys.
 """
 from __future__ import annotations

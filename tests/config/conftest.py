@@ -57,5 +57,5 @@ def chat_model_dir(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("chat_configs")
     (root / "model").mkdir()
     (root / "model" / "chat_fixture.yaml").write_text(
-        "defaults:\n  - model_schema\n  - _self_\n\nchat:\n  llm:\n    hidden_size: 64\n")
+        "defaults:\n  - /schema/model@_here_\n  - _self_\n\nchat:\n  llm:\n    hidden_size: 64\n")
     return root

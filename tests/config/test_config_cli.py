@@ -13,7 +13,11 @@ finally:
 """
 
 BAD_CONFIGS = [
-    (["trainer.max_stepz=3"], 1, "trainer.max_stepz"),
+    (["trainer.max_stepz=3"], 2, "config error: trainer.max_stepz: unknown key: TrainerConfig has no field "
+                                 "'max_stepz'; did you mean trainer.max_steps?"),
+    (["+trainer.max_step=5"], 2, "config error: trainer.max_step: unknown key"),  # `+` into a typed node
+    (["+model.vision.foo=1"], 2, "model.vision.foo: unknown key: VisionTowerConfig has no field 'foo'; valid keys:"),
+    (["stagee=sft"], 2, "config error: stagee: unknown key: RunConfig has no field 'stagee'; did you mean stage?"),
     (["trainer.max_steps=abc"], 1, "trainer.max_steps"),
     (["init_from=/nonexistent"], 2, "config error: init_from: path '/nonexistent' does not exist"),
     (["stage=generative", "stage.itm_negatives=easy"], 2, "config error: stage.itm_negatives:"),
@@ -42,3 +46,17 @@ def test_cli_prints_the_composed_config_without_running(cli, tmp_path):
     assert result.returncode == 0, result.stderr
     assert "name: generative" in result.stdout and "max_steps: 4" in result.stdout
     assert list(tmp_path.iterdir()) == []
+
+
+def test_schemas_are_not_options_of_their_groups(cli, tmp_path):
+    result, _ = cli(["stage=sft_schema"], cwd=tmp_path)
+    assert result.returncode == 1 and "Could not find 'stage/sft_schema'" in result.stderr
+    options = result.stderr.split("Available options in 'stage':")[1].split("Config search path")[0].split()
+    assert options == ["contrastive", "generative", "sft"]
+
+
+def test_keys_added_to_dict_fields_are_accepted(compose_cfg):
+    from internvl_train.config import check_run_config
+
+    run = check_run_config(compose_cfg(["+trainer.lr_multipliers.vision=0.1"]))
+    assert run.trainer.lr_multipliers == {"vision": 0.1}

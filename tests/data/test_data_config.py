@@ -47,7 +47,7 @@ def test_yaml_options_merge_into_the_schema():
     schema = OmegaConf.structured(DataConfig)
     for name in ("demo", "webdataset"):
         raw = OmegaConf.load(f"configs/data/{name}.yaml")
-        assert list(raw.defaults) == ["data_schema", "_self_"]
+        assert list(raw.defaults) == ["/schema/data@_here_", "_self_"]
         options = {k: v for k, v in OmegaConf.to_container(raw).items() if k != "defaults"}  # unresolved
         merged = OmegaConf.merge(schema, options)
         root = OmegaConf.merge({"model": {"vision": {"image_size": 96}}}, {"data": merged})

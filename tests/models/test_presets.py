@@ -20,7 +20,7 @@ PRESETS = Path(__file__).resolve().parents[2] / "configs" / "model"
 
 def preset(name: str) -> ModelConfig:
     data = yaml.safe_load((PRESETS / f"{name}.yaml").read_text())
-    assert data.pop("defaults") == ["model_schema", "_self_"]
+    assert data.pop("defaults") == ["/schema/model@_here_", "_self_"]
     return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(ModelConfig), data))
 
 
