@@ -3,11 +3,13 @@
 Weight source, first that is set: `init_from` (our export of a previous stage, or an official InternVL-14B
 directory), `model.pretrained` (same kinds), else the towers separately: `model.vision.pretrained` (official
 InternViT, HF layout or .pth) and `model.text.pretrained` (HF LLaMA directory). Building G from a C
-checkpoint creates only NEW_IN_G and says so; building C from a G checkpoint leaves the G parts unused.
+checkpoint creates only NEW_IN_G and says so; a G checkpoint (any NEW_IN_G tensor in it) must be complete;
+building C from a G checkpoint leaves the G parts unused.
 """
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
@@ -63,17 +65,38 @@ def _resize_pos(state: dict[str, torch.Tensor], own: Mapping[str, torch.Tensor],
 
 
 def load_model_weights(model: InternVLC, path: str | Path) -> LoadReport:
-    """Whole-model weights: our save_pretrained directory or an official InternVL-14B checkpoint."""
+    """Whole-model weights: our save_pretrained directory or an official InternVL-14B checkpoint.
+
+    Only what the stage really creates may be missing: an InternVL-G built from an InternVL-C source (no
+    NEW_IN_G tensor at all) creates NEW_IN_G; a source holding any NEW_IN_G tensor is an InternVL-G
+    checkpoint (official InternVL-14B, our stage-2 export) and must hold every tensor of the model."""
     state = read_state_dict(path)
     if internvl14b.is_internvl14b(state):
         state = internvl14b.official_to_ours(state)
-    g_model = isinstance(model, InternVLG)
     resized: list[str] = []
     _resize_pos(state, model.state_dict(), "vision." + POS_KEY, resized)
-    report = load_state_into(model, state, new_ok=NEW_IN_G if g_model else (),
-                             unused_ok=() if g_model else NEW_IN_G)
+    report = load_state_into(model, state, **_missing_key_rules(model, state, path))
     report.resized = resized
     return report
+
+
+def g_tensors(state: Mapping[str, torch.Tensor]) -> list[str]:
+    """The keys of `state` that only an InternVL-G has (NEW_IN_G)."""
+    return [k for k in state if any(re.fullmatch(p, k) for p in NEW_IN_G)]
+
+
+def _missing_key_rules(model: InternVLC, state: Mapping[str, torch.Tensor], path: str | Path) -> dict[str, Any]:
+    """load_state_into's new_ok / unused_ok / hint for loading `state` (read from `path`) into `model`."""
+    if not isinstance(model, InternVLG):
+        return {"unused_ok": NEW_IN_G}  # InternVL-C from a G checkpoint: the G parts stay unused
+    carried = g_tensors(state)
+    if not carried:
+        return {"new_ok": NEW_IN_G}  # stage 2 from stage 1: the G parts are created here
+    examples = ", ".join(carried[:3]) + (", ..." if len(carried) > 3 else "")
+    return {"hint": f"{path} holds InternVL-G tensors ({examples}), so it is an InternVL-G "
+                    "checkpoint and every tensor must be in it: nothing is created. Use the complete checkpoint "
+                    "(all shards; model.* sizes and qllama.* matching it), or init_from an InternVL-C (stage-1) "
+                    "export to create the stage-2 parts fresh."}
 
 
 def load_vision_weights(model: InternVLC, path: str | Path) -> LoadReport:

@@ -23,6 +23,7 @@ from internvl_train.models.chat_llm import (
     IMG_CONTEXT_TOKEN, IMG_END_TOKEN, IMG_START_TOKEN, ImageTokenSpec, add_chat_special_tokens, grow_embeddings,
     image_context_token_id, load_or_build_llm, load_tokenizer)
 from internvl_train.models.pixel_shuffle import num_image_token, pixel_shuffle
+from internvl_train.models.vision import follows_transformers_qk_norm, use_configured_qk_norm_eps
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +33,7 @@ class InternVLChatBackbone(InternVLModel):
 
     def __init__(self, config: InternVLConfig):
         super().__init__(config)
+        use_configured_qk_norm_eps(self.vision_tower)  # as InternViT: q/k norm eps = vision layer_norm_eps
         self.query_bridge: Optional[QueryBridge] = None
 
     def pixel_shuffle(self, vision_features: torch.Tensor, scale_factor: float = 0.5) -> torch.Tensor:
@@ -46,9 +48,48 @@ class InternVLChatBackbone(InternVLModel):
             out.pooler_output = torch.cat([out.pooler_output, queries.to(out.pooler_output.dtype)], dim=1)
         return out
 
+    def forward(self, input_ids: Optional[torch.Tensor] = None, pixel_values: Optional[torch.Tensor] = None,
+                image_flags: Optional[torch.Tensor] = None, **kwargs: Any) -> Any:
+        """transformers' forward plus the official `image_flags` ([num_tiles] or [num_tiles, 1]; 0 marks the
+        dummy tile of a text-only sample): every tile goes through the ViT, as in the official forward, and the
+        features of tiles flagged 0 are dropped before they fill the <IMG_CONTEXT> positions."""
+        if image_flags is not None and pixel_values is not None and kwargs.get("mm_encoder_outputs") is None:
+            features = self.get_image_features(
+                pixel_values=pixel_values, vision_feature_layer=kwargs.get("vision_feature_layer"),
+                vision_feature_select_strategy=kwargs.get("vision_feature_select_strategy"), return_dict=True)
+            features.pooler_output = features.pooler_output[real_tiles(image_flags, pixel_values.shape[0])]
+            if input_ids is not None:
+                check_context_tokens(input_ids, self.config.image_token_id, features.pooler_output.shape,
+                                     len(image_flags))
+            kwargs["mm_encoder_outputs"], pixel_values = {"image": features}, None
+        return super().forward(input_ids=input_ids, pixel_values=pixel_values, **kwargs)
+
+
+def real_tiles(image_flags: torch.Tensor, num_tiles: int) -> torch.Tensor:
+    """Boolean [num_tiles] mask of the tiles flagged 1 in the official `image_flags` input."""
+    flags = image_flags[:, 0] if image_flags.dim() == 2 and image_flags.shape[1] == 1 else image_flags
+    if tuple(flags.shape) != (num_tiles,):
+        raise ValueError(f"image_flags has shape {tuple(image_flags.shape)}, expected [{num_tiles}] or "
+                         f"[{num_tiles}, 1]: one flag per tile of pixel_values")
+    if not bool(((flags == 0) | (flags == 1)).all()):
+        raise ValueError(f"image_flags must hold only 0 (dummy tile) and 1 (real tile), got {flags.unique().tolist()}")
+    return flags == 1
+
+
+def check_context_tokens(input_ids: torch.Tensor, context_id: int, features: torch.Size, num_tiles: int) -> None:
+    """The kept tiles' features [kept, tokens per tile, D] must fill exactly the <IMG_CONTEXT> positions."""
+    kept, per_tile = features[0], features[1]
+    found = int((input_ids == context_id).sum())
+    if found != kept * per_tile:
+        raise ValueError(f"image_flags keep {kept} of {num_tiles} tiles = {kept * per_tile} image features "
+                         f"({per_tile} per tile), but input_ids hold {found} {IMG_CONTEXT_TOKEN} tokens: flag 1 "
+                         "exactly the tiles whose image blocks are in input_ids, 0 the dummy tiles of text-only "
+                         "samples")
+
 
 class InternVLChatModel(InternVLForConditionalGeneration):
-    """InternVLForConditionalGeneration whose inner model is InternVLChatBackbone (same parameter names)."""
+    """InternVLForConditionalGeneration whose inner model is InternVLChatBackbone (same parameter names).
+    Its forward takes the official `image_flags` keyword too (passed on to the backbone)."""
 
     def __init__(self, config: InternVLConfig):
         InternVLPreTrainedModel.__init__(self, config)
@@ -62,8 +103,10 @@ class InternVLChatModel(InternVLForConditionalGeneration):
 
     @property
     def is_native_transformers(self) -> bool:
-        """True when plain transformers computes the same function (v2 order, no query bridge)."""
-        return self.ps_version == "v2" and self.model.query_bridge is None
+        """True when plain transformers computes the same function (v2 order, no query bridge, q/k norm eps
+        the 1e-6 transformers fixes)."""
+        return (self.ps_version == "v2" and self.model.query_bridge is None
+                and follows_transformers_qk_norm(self.config.vision_config))
 
     def attach_query_bridge(self, model_g: nn.Module) -> QueryBridge:
         """Add the QLLaMA bridge from a stage-2 InternVL-G (its ViT width must equal this model's)."""
@@ -144,6 +187,7 @@ def assemble_chat_model(config: InternVLConfig, vision_tower: nn.Module, llm: Pr
     with torch.device("meta"):
         model = InternVLChatModel(config)
     model.model.vision_tower = vision_tower
+    use_configured_qk_norm_eps(vision_tower)  # a tower built by plain transformers has them at 1e-6
     model.model.language_model = llm.base_model
     model.lm_head = llm.get_output_embeddings()
     ref = llm.get_input_embeddings().weight
@@ -190,18 +234,20 @@ def build_chat_model(cfg: ChatConfig, vision_tower: nn.Module, tokenizer: Any = 
 
 def chat_forward(model: InternVLChatModel, input_ids: torch.Tensor, pixel_values: Optional[torch.Tensor] = None,
                  labels: Optional[torch.Tensor] = None, attention_mask: Optional[torch.Tensor] = None,
-                 position_ids: Optional[torch.Tensor] = None) -> Any:
+                 position_ids: Optional[torch.Tensor] = None, image_flags: Optional[torch.Tensor] = None) -> Any:
     """Training forward -> output with .logits (and .loss, mean over labelled tokens, when labels are given).
 
     pixel_values: all tiles of the batch concatenated in the order their image blocks appear (row by row).
+    image_flags (optional, official input): [num_tiles] with 0 for the dummy tiles of text-only samples.
     Packed rows: pass per-sample position_ids that restart at 0 for every sample; the attention mask is then
     derived from them (block-diagonal causal, transformers' packed-sequence masking), so samples never attend
     to each other. Padding at the end of a packed row is harmless: it comes after every real token."""
     if position_ids is not None:
         attention_mask = None  # transformers detects packing only without a 2D mask and without a KV cache
     if pixel_values is not None and pixel_values.shape[0] == 0:
-        pixel_values = None
+        pixel_values = image_flags = None
     if pixel_values is None and bool((input_ids == model.config.image_token_id).any()):
         raise ValueError("input_ids hold <IMG_CONTEXT> tokens but no pixel_values were given")
+    flags = {} if image_flags is None else {"image_flags": image_flags}  # a keyword only our backbone knows
     return model(input_ids=input_ids, pixel_values=pixel_values, attention_mask=attention_mask,
-                 position_ids=position_ids, labels=labels, use_cache=False)
+                 position_ids=position_ids, labels=labels, use_cache=False, **flags)

@@ -42,9 +42,11 @@ class ChatLoadReport:
 
     def raise_if_incomplete(self, source: str) -> None:
         if self.missing or self.unexpected:
-            raise ValueError(f"{source}: missing keys {self.missing[:8]} ({len(self.missing)}), unexpected keys "
-                             f"{self.unexpected[:8]} ({len(self.unexpected)}); is it an InternVL-Chat checkpoint "
-                             "of this architecture?")
+            raise ValueError(f"{source}: its weights do not fit the model its config.json describes: missing keys "
+                             f"{self.missing[:8]} ({len(self.missing)}), unexpected keys {self.unexpected[:8]} "
+                             f"({len(self.unexpected)}) (names after conversion to transformers' InternVL layout). "
+                             "Give a complete InternVL-Chat checkpoint (every weight shard) whose config.json "
+                             "matches its weights.")
 
 
 def _swap_prefix(key: str, pairs: tuple, forward: bool) -> Optional[str]:
@@ -165,8 +167,8 @@ def load_official_chat(directory: str | Path, image_context_token_id: Optional[i
         model = InternVLChatModel(config)
     report = load_chat_state(model, native, assign=True)
     report.unexpected += unknown
+    report.raise_if_incomplete(str(root))  # first: a missing tensor is also left on meta, named less clearly
     _rebuild_rotary_buffers(model)
-    report.raise_if_incomplete(str(root))
     log.info("loaded official InternVL-Chat from %s (ps_version %s)", root, config.ps_version)
     return model.eval(), report
 

@@ -93,11 +93,14 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 
 
 # ---- loading into a module ---------------------------------------------------------------------
+SIZES_HINT = "Check that model.* sizes match the checkpoint (or pick the preset that does)."
+
+
 def load_state_into(model: nn.Module, state: Mapping[str, torch.Tensor], new_ok: Iterable[str] = (),
-                    unused_ok: Iterable[str] = ()) -> LoadReport:
+                    unused_ok: Iterable[str] = (), hint: str = SIZES_HINT) -> LoadReport:
     """Copy `state` into `model`. Missing keys are an error unless they match a `new_ok` regex (then they
     keep their fresh init and are reported as created); unexpected keys are an error unless they match
-    `unused_ok`; any shape mismatch is an error."""
+    `unused_ok`; any shape mismatch is an error. `hint` (what to do) ends the error message."""
     own = _full_shapes(model)
     new_ok, unused_ok = tuple(new_ok), tuple(unused_ok)
     missing = [k for k in own if k not in state]
@@ -109,8 +112,7 @@ def load_state_into(model: nn.Module, state: Mapping[str, torch.Tensor], new_ok:
     if bad_missing or bad_unexpected or shapes:
         raise CheckpointMismatchError(
             f"checkpoint does not fit {type(model).__name__}: missing {len(bad_missing)}{_sample(bad_missing)}; "
-            f"unexpected {len(bad_unexpected)}{_sample(bad_unexpected)}; shape mismatches {shapes[:6]}. "
-            "Check that model.* sizes match the checkpoint (or pick the preset that does).")
+            f"unexpected {len(bad_unexpected)}{_sample(bad_unexpected)}; shape mismatches {shapes[:6]}. {hint}")
     usable = {k: v for k, v in state.items() if k in own}
     if any(hasattr(p, "ds_id") for p in model.parameters()):
         # built inside ZeRO-3 zero.Init: transformers' loader gathers each module, rank 0 copies, re-partitions

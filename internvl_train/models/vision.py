@@ -1,7 +1,8 @@
 """InternViT as transformers' InternVLVisionModel, plus the stochastic depth (drop-path) it lacks.
 
 InternVLVisionModel holds InternViT's math: full-width q/k RMSNorm, LayerScale (`lambda_1/2`), RMS or
-LayerNorm blocks, CLS first, no final norm when `use_mean_pooling=True`. It has no drop-path, which InternViT
+LayerNorm blocks, CLS first, no final norm when `use_mean_pooling=True`; only its q/k norm eps is fixed at
+1e-6, where InternViT uses `layer_norm_eps` (use_configured_qk_norm_eps). It has no drop-path, which InternViT
 training uses on both residual branches. We add it with forward hooks on each layer's attention and MLP:
 state-dict keys stay transformers' own, and because LayerScale is a per-channel product, dropping the branch
 before or after it is the same function. Drop-path runs only while the layer is in train mode and has a
@@ -80,9 +81,27 @@ def add_drop_path(model: InternVLVisionModel, drop_path_rate: float) -> None:
         layer.mlp.register_forward_hook(layer.drop_path.mlp_hook)
 
 
+TRANSFORMERS_QK_NORM_EPS = 1e-6  # what InternVLVisionAttention gives its q/k RMSNorm, whatever the config says
+
+
+def use_configured_qk_norm_eps(model: InternVLVisionModel) -> None:
+    """Give the q/k RMSNorm of every attention the config's `layer_norm_eps`, as InternViT does (transformers
+    fixes it at 1e-6). A plain float: works on the meta device and under zero.Init, adds no state-dict key."""
+    for layer in model.encoder.layer:
+        for norm in (layer.attention.q_norm, layer.attention.k_norm):
+            if hasattr(norm, "variance_epsilon"):  # nn.Identity without q/k normalisation
+                norm.variance_epsilon = model.config.layer_norm_eps
+
+
+def follows_transformers_qk_norm(config: InternVLVisionConfig) -> bool:
+    """True when plain transformers builds the same q/k norms as use_configured_qk_norm_eps."""
+    return not config.use_qk_norm or config.layer_norm_eps == TRANSFORMERS_QK_NORM_EPS
+
+
 def build_vision_tower(cfg: VisionTowerConfig) -> InternVLVisionModel:
     """InternViT with drop-path and (optionally) activation checkpointing; weights are initialised only."""
     model = construct_hf(lambda: InternVLVisionModel(internvl_vision_config(cfg)))
+    use_configured_qk_norm_eps(model)
     add_drop_path(model, cfg.drop_path_rate)
     if cfg.gradient_checkpointing:
         model.activation_checkpointing_enable()

@@ -3,6 +3,7 @@ by plain transformers with equal logits, v1 checkpoints keep the official v1 tok
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -68,6 +69,32 @@ def test_official_roundtrip_is_identical(tmp_path: Path) -> None:
     for key, value in original.items():
         assert torch.equal(exported[key], value), key
     assert json.loads((tmp_path / "export" / "config.json").read_text())["ps_version"] == "v2"
+
+
+@pytest.mark.parametrize("official_key, native_key", [
+    ("mlp1.1.weight", "model.multi_modal_projector.linear_1.weight"),
+    ("vision_model.encoder.layers.1.ls1", "model.vision_tower.encoder.layer.1.lambda_1"),
+])
+def test_official_checkpoint_lacking_a_tensor_names_it_missing(tmp_path: Path, official_key: str,
+                                                              native_key: str) -> None:
+    state = write_official_checkpoint(tmp_path / "official", "v2")
+    del state[official_key]
+    save_file(state, str(tmp_path / "official" / "model.safetensors"))
+    # the missing-key report, not the later "left uninitialised" (meta tensor) check, must speak
+    with pytest.raises(ValueError, match=rf"missing keys \['{re.escape(native_key)}'\] \(1\).*complete InternVL-Chat"):
+        load_official_chat(tmp_path / "official")
+
+
+def test_vision_layer_norm_eps_reaches_the_qk_norm_of_an_official_chat(tmp_path: Path) -> None:
+    write_official_checkpoint(tmp_path / "official", "v2")
+    config_file = tmp_path / "official" / "config.json"
+    config = json.loads(config_file.read_text())
+    config["vision_config"]["layer_norm_eps"] = 1e-2
+    config_file.write_text(json.dumps(config))
+    model, _ = load_official_chat(tmp_path / "official")
+    for layer in model.model.vision_tower.encoder.layer:
+        assert layer.attention.q_norm.variance_epsilon == layer.attention.k_norm.variance_epsilon == 1e-2
+    assert not model.is_native_transformers  # plain transformers would run its q/k norm at 1e-6
 
 
 def test_missing_ps_version_means_v1_and_keeps_official_v1_order(tmp_path: Path) -> None:

@@ -150,6 +150,37 @@ def test_image_tokens_without_pixels_are_an_error() -> None:
     assert chat_forward(model, text_only).logits.shape[1] == text_only.shape[1]
 
 
+def flagged_batch(tok, spec) -> tuple[torch.Tensor, torch.Tensor]:
+    """[text-only sample, sample with a 2-tile image], right-padded to one length; and its attention mask."""
+    rows = [torch.tensor(tok("<s>just some text, no picture").input_ids), sample(tok, spec, "what is it?", 2)]
+    width = max(len(r) for r in rows)
+    ids = torch.stack([torch.cat([r, torch.full((width - len(r),), tok.pad_token_id)]) for r in rows])
+    mask = torch.stack([torch.arange(width) < len(r) for r in rows]).long()
+    return ids, mask
+
+
+@torch.no_grad()
+def test_image_flags_drop_the_dummy_tile_of_a_text_only_sample() -> None:
+    model, tok = tiny_chat()
+    ids, mask = flagged_batch(tok, image_token_spec(model, tok))
+    tiles, dummy = torch.randn(2, 3, IMAGE, IMAGE), torch.randn(1, 3, IMAGE, IMAGE)
+    without = chat_forward(model, ids, tiles, attention_mask=mask).logits
+    # official order: the text-only sample's dummy tile comes first, as its sample does
+    for flags in (torch.tensor([0, 1, 1]), torch.tensor([[0], [1], [1]])):
+        flagged = chat_forward(model, ids, torch.cat([dummy, tiles]), attention_mask=mask, image_flags=flags)
+        torch.testing.assert_close(flagged.logits, without)
+
+
+def test_image_flags_that_do_not_fit_the_context_tokens_are_an_error() -> None:
+    model, tok = tiny_chat()
+    ids, mask = flagged_batch(tok, image_token_spec(model, tok))
+    pixels = torch.randn(3, 3, IMAGE, IMAGE)
+    with pytest.raises(ValueError, match=r"image_flags keep 3 of 3 tiles = 12 image features .* hold 8 <IMG_CONTEXT>"):
+        chat_forward(model, ids, pixels, attention_mask=mask, image_flags=torch.ones(3, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"image_flags has shape \(2,\), expected \[3\]"):
+        chat_forward(model, ids, pixels, attention_mask=mask, image_flags=torch.tensor([0, 1]))
+
+
 def test_bad_bridge_request_is_rejected() -> None:
     cfg = ChatConfig(llm=ChatLLMConfig(), force_image_size=IMAGE, bridge="mlp+qllama")
     with pytest.raises(ValueError, match="model_g"):

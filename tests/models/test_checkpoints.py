@@ -93,6 +93,39 @@ def test_official_internvl14b_loads_as_internvl_c_without_its_g_parts(tmp_path):
     assert torch.equal(model.vision.encoder.layer[1].lambda_1, official["vision_model.encoder.layers.1.ls1"])
 
 
+def _official_without(tmp_path, drop) -> str:
+    """An official InternVL-14B .pth (tiny sizes) without the keys for which `drop(key)` is true."""
+    state = {k: v for k, v in official_internvl14b(tiny_config()).items() if not drop(k)}
+    torch.save(state, tmp_path / "weights.pth")
+    return str(tmp_path / "weights.pth")
+
+
+@pytest.mark.parametrize("lacking, named", [
+    (lambda k: k == "itm_head.bias", r"missing 1 \(itm_head\.bias\)"),
+    (lambda k: k.startswith("clip_projector2."), r"missing 14 \(clip_projector2\."),  # a whole G head
+    (lambda k: k == "qllama.model.norm.weight", r"missing 1 \(text\.model\.norm\.weight\)"),
+], ids=["itm_head.bias", "clip_projector2", "inherited_llama_norm"])
+def test_official_internvl_g_lacking_a_tensor_is_an_error_naming_it(tmp_path, lacking, named):
+    path = _official_without(tmp_path, lacking)
+    with pytest.raises(CheckpointMismatchError, match=named + r".*InternVL-G checkpoint.*init_from an InternVL-C"):
+        build_internvl_g(tiny_config(), init_from=path)
+
+
+def test_official_internvl_c_layout_builds_g_creating_only_the_g_parts(tmp_path, caplog):
+    """A stage-1 source in the official layout (no query_tokens, cross-attention, clip_projector2, itm_head)."""
+    def g_only(key: str) -> bool:
+        return key.startswith(("query_tokens", "clip_projector2.", "itm_head.")) or (
+            key.startswith("qllama.") and ".cross_attn." in key)
+
+    path = _official_without(tmp_path, g_only)
+    with caplog.at_level("INFO"):
+        model = build_internvl_g(tiny_config(), init_from=path)
+    assert "created 29 new" in caplog.text
+    official = torch.load(path, weights_only=True)
+    assert torch.equal(model.clip_projector.cross_attn.q_bias, official["clip_projector.cross_attn.q_bias"])
+    assert torch.equal(model.text.model.norm.weight, official["qllama.model.norm.weight"])
+
+
 def test_internvit_exports_load_back(tmp_path):
     model = InternVLC(tiny_config())
     for layout in ("internvit-hf", "internvit-pth"):

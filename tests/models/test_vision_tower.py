@@ -64,3 +64,15 @@ def test_eager_and_sdpa_agree():
         a = _tower(0.0, attn="sdpa").eval()(pixel_values=pixels).last_hidden_state
         b = _tower(0.0, attn="eager").eval()(pixel_values=pixels).last_hidden_state
     torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_norm_eps_reaches_the_qk_rmsnorm():
+    cfg = tiny_config().vision
+    cfg.norm_eps = 1e-2  # transformers alone would keep its fixed 1e-6 in q_norm / k_norm
+    tower = build_vision_tower(cfg)
+    for layer in tower.encoder.layer:
+        assert layer.attention.q_norm.variance_epsilon == layer.attention.k_norm.variance_epsilon == 1e-2
+    norm = tower.encoder.layer[1].attention.q_norm
+    x = torch.full((1, 3, cfg.hidden_size), 0.01)  # mean square 1e-4: eps 1e-2 vs 1e-6 changes the output 10x
+    with torch.no_grad():
+        torch.testing.assert_close(norm(x), norm.weight * x * torch.rsqrt(x.square().mean(-1, keepdim=True) + 1e-2))
