@@ -6,6 +6,8 @@ from dataclasses import dataclass
 from typing import Optional
 
 LOSS_REDUCTIONS = ("token", "sample", "square")
+# How held-out VQA answers are scored (internvl_train/eval/vqa.py); here so that validating stays torch-free.
+VQA_METRICS = ("exact_match", "vqav2")
 
 
 @dataclass
@@ -44,7 +46,6 @@ class SftDataConfig:
 
     def validate(self) -> None:
         from internvl_train.config import ConfigError
-        from internvl_train.eval.vqa import VQA_METRICS
 
         sources = [name for name, on in (("demo", self.demo), ("meta_path", self.meta_path),
                                          ("llava_json", self.llava_json)) if on]

@@ -19,6 +19,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
+from data_pipelines.sft.config import VQA_METRICS
+
 _NUMBERS = {"none": "0", "zero": "0", "one": "1", "two": "2", "three": "3", "four": "4", "five": "5", "six": "6",
             "seven": "7", "eight": "8", "nine": "9", "ten": "10"}
 _ARTICLES = {"a", "an", "the"}
@@ -26,7 +28,6 @@ _CONTRACTIONS = {"dont": "don't", "doesnt": "doesn't", "isnt": "isn't", "arent":
                  "wont": "won't", "didnt": "didn't", "wasnt": "wasn't", "werent": "weren't", "im": "i'm",
                  "ive": "i've", "youre": "you're", "thats": "that's", "whats": "what's", "hes": "he's",
                  "shes": "she's", "its": "it's", "theyre": "they're", "couldnt": "couldn't", "shouldnt": "shouldn't"}
-VQA_METRICS = ("exact_match", "vqav2")
 _PUNCT = re.compile(r"[;/\[\]\"{}()=+\\_\-><@`,?!*#%^&$~|:]")
 _PERIOD = re.compile(r"(?<!\d)\.(?!\d)")
 _COMMA_NUMBER = re.compile(r"(\d),(\d)")

@@ -3,38 +3,25 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 from typing import Any, Mapping, Optional
 
 import torch
 from torch import nn
 
+from internvl_train.stages.config import tokenizer_source
+
 log = logging.getLogger(__name__)
 
 
-def tokenizer_source(cfg: Any) -> str:
-    """Where the run's tokenizer comes from, first that exists: model.text.tokenizer, the init_from export
-    (every stage exports its tokenizer next to its weights), model.text.pretrained, the demo tokenizer."""
-    text = cfg.model.text
-    candidates = [text.tokenizer, cfg.init_from, text.pretrained]
-    for path in candidates:
-        if path and os.path.isfile(os.path.join(path, "tokenizer_config.json")):
-            return path
-    if text.tokenizer:
-        raise FileNotFoundError(f"model.text.tokenizer={text.tokenizer}: no tokenizer_config.json there; "
-                                "point it at a Hugging Face tokenizer directory")
-    if cfg.data.demo:
-        from data_pipelines.demo import ensure_demo_data
-
-        return ensure_demo_data().tokenizer_dir
-    raise FileNotFoundError("no tokenizer: set model.text.tokenizer=<HF tokenizer dir> (or model.text.pretrained "
-                            "to a LLaMA directory that ships one)")
-
-
 def load_tokenizer(cfg: Any) -> Any:
+    """The stage-1/2 tokenizer from `tokenizer_source` (the demo's when that says None)."""
     from transformers import AutoTokenizer
 
-    path = tokenizer_source(cfg)
+    path = tokenizer_source(cfg, cfg.init_from)
+    if path is None:
+        from data_pipelines.demo import ensure_demo_data
+
+        path = ensure_demo_data().tokenizer_dir
     log.info("tokenizer from %s", path)
     return AutoTokenizer.from_pretrained(path)  # never trust_remote_code
 

@@ -72,6 +72,7 @@ class ContrastiveStageConfig(StageConfig):
 
     def validate_run(self, run: Any) -> None:
         run.data.validate_pair_sources()
+        tokenizer_source(run, run.init_from)
 
 
 @dataclass
@@ -138,6 +139,7 @@ class GenerativeStageConfig(StageConfig):
             raise ConfigError("init_from", f"null, and the default stage-1 export {path!r} does not exist: run "
                                            "stage 1 first (python -m internvl_train stage=contrastive) or set "
                                            "init_from=<a stage-1 export directory>")
+        tokenizer_source(run, path)
 
 
 RANDOM_TEXT_TOWER_LM_WEIGHT = 1.0
@@ -150,6 +152,24 @@ def resolved_text_lm_weight(run: Any) -> float:
         return float(run.stage.text_lm_weight)
     starts_random = not (run.init_from or run.model.pretrained or run.model.text.pretrained)
     return RANDOM_TEXT_TOWER_LM_WEIGHT if starts_random else 0.0
+
+
+def tokenizer_source(run: Any, init_from: Optional[str]) -> Optional[str]:
+    """Where a stage-1/2 run's tokenizer comes from, first that exists: model.text.tokenizer, the `init_from`
+    export (every stage exports its tokenizer next to its weights), model.text.pretrained; None = the demo
+    tokenizer (data.demo). Torch-free, so the config gate names a missing one before anything is built."""
+    text = run.model.text
+    for path in (text.tokenizer, init_from, text.pretrained):
+        if path and os.path.isfile(os.path.join(os.path.expanduser(path), "tokenizer_config.json")):
+            return os.path.expanduser(path)
+    if text.tokenizer:
+        raise ConfigError("model.text.tokenizer", f"{text.tokenizer!r} has no tokenizer_config.json: point it "
+                                                  "at a Hugging Face tokenizer directory")
+    if run.data.demo:
+        return None
+    raise ConfigError("model.text.tokenizer", "null, and neither init_from nor model.text.pretrained ships a "
+                                              "tokenizer: set model.text.tokenizer=<HF tokenizer dir> (the demo "
+                                              "tokenizer serves data=demo only)")
 
 
 def generative_init_from(run: Any) -> Optional[str]:
@@ -217,6 +237,10 @@ class SftStageConfig(StageConfig):
         if run.model.chat is None:
             raise ConfigError("model.chat", "stage=sft needs a chat model: pick a model option that sets chat "
                                             "(e.g. model=chat_tiny)")
+        llm_path = run.model.chat.llm_path
+        if llm_path and not os.path.isfile(os.path.join(os.path.expanduser(llm_path), "config.json")):
+            raise ConfigError("model.chat.llm_path", f"{llm_path!r} is not a Hugging Face model directory (no "
+                                                     "config.json): point it at a local causal-LM checkpoint")
         if self.vision_init == "scratch" and (run.init_from or run.model.vision.pretrained):
             raise ConfigError("stage.vision_init", "scratch builds a random ViT: unset init_from and "
                                                    "model.vision.pretrained, or use vision_init=previous")

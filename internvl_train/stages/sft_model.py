@@ -9,6 +9,7 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
+from internvl_train.config import ConfigError
 from internvl_train.models.chat import InternVLChatModel, chat_parts
 from internvl_train.models.chat_builder import is_chat_checkpoint
 from internvl_train.stages.contrastive import locked_modules
@@ -29,8 +30,8 @@ def resolve_vision_init(cfg: Any) -> Optional[str]:
         return cfg.init_from or None
     path = _first_previous_export(stage.previous_exports, "the ViT")
     if path is None:
-        raise FileNotFoundError(
-            f"init_from is null and no previous stage export exists (looked for {list(stage.previous_exports)}, "
+        raise ConfigError(
+            "init_from", f"null and no previous stage export exists (looked for {list(stage.previous_exports)}, "
             f"relative to {os.getcwd()}). Produce one with\n  {PRODUCE_PREVIOUS}\nor pass init_from=<stage-1/2 "
             "export or chat checkpoint>, model.vision.pretrained=<official InternViT>, or stage.vision_init=scratch")
     return path
@@ -52,8 +53,8 @@ def resolve_text_tower_source(cfg: Any, init_from: Optional[str]) -> Optional[st
         return None
     path = init_from or _first_previous_export(cfg.stage.previous_exports, "the LLM (its text tower)")
     if path is None:
-        raise FileNotFoundError(
-            f"model.chat.llm_from_text_tower=true takes the LLM from a stage-1/2 export's text tower, and none "
+        raise ConfigError(
+            "model.chat.llm_from_text_tower", f"true takes the LLM from a stage-1/2 export's text tower, and none "
             f"exists (init_from is null; looked for {list(cfg.stage.previous_exports)}, relative to {os.getcwd()}). "
             f"Produce one with\n  {PRODUCE_PREVIOUS}\nor pass init_from=<stage-1/2 export>, or set "
             "model.chat.llm_from_text_tower=false (a new LLM from model.chat.llm, or model.chat.llm_path)")
@@ -77,8 +78,8 @@ def load_sft_tokenizer(cfg: Any, init_from: Optional[str], text_tower_from: Opti
         from data_pipelines.demo import ensure_demo_data
 
         return AutoTokenizer.from_pretrained(ensure_demo_data().tokenizer_dir)
-    raise FileNotFoundError("no tokenizer for the chat LLM: set model.chat.llm_path (a local HF model directory "
-                            "with its tokenizer) or model.text.tokenizer")
+    raise ConfigError("model.chat.llm_path", "no tokenizer for the chat LLM: set model.chat.llm_path (a local HF "
+                                             "model directory with its tokenizer) or model.text.tokenizer")
 
 
 def add_lora_adapters(model: InternVLChatModel, stage: Any) -> list[str]:

@@ -60,3 +60,25 @@ def test_keys_added_to_dict_fields_are_accepted(compose_cfg):
 
     run = check_run_config(compose_cfg(["+trainer.lr_multipliers.vision=0.1"]))
     assert run.trainer.lr_multipliers == {"vision": 0.1}
+
+
+def test_missing_tokenizer_and_chat_llm_are_config_errors_before_anything_is_built(cli, tmp_path):
+    shards = tmp_path / "data"
+    shards.mkdir()
+    (shards / "train-0.tar").write_bytes(b"")  # exists: the shard check passes, the tokenizer one must not
+    run = tmp_path / "run"
+    run.mkdir()
+    cases = [
+        (["data=webdataset", f"data.sources=[{{urls: {shards / 'train-0.tar'}}}]"],
+         "config error: model.text.tokenizer: null, and neither init_from nor model.text.pretrained ships a "
+         "tokenizer"),
+        (["model.text.tokenizer=/nonexistent/tok"], "config error: model.text.tokenizer: '/nonexistent/tok' has no "
+                                                    "tokenizer_config.json"),
+        (["stage=sft", "model.chat.llm_from_text_tower=false", "model.chat.llm_path=/nonexistent/llm"],
+         "config error: model.chat.llm_path: '/nonexistent/llm' is not a Hugging Face model directory"),
+    ]
+    for args, message in cases:
+        result, _ = cli(args, cwd=run, code=IMPORT_PROBE)
+        assert result.returncode == 2 and message in result.stderr, (args, result.stderr)
+        assert "Traceback" not in result.stderr and "heavy: []" in result.stdout
+        assert list(run.iterdir()) == []

@@ -7,6 +7,7 @@ import pytest
 import torch
 from sft_helpers import compose_sft
 
+from internvl_train.config import ConfigError
 from internvl_train.engine.freeze import freeze_modules
 from internvl_train.models.checkpoint import from_pretrained
 from internvl_train.stages.sft import SftStage
@@ -117,7 +118,7 @@ def test_lora_export_merges_the_adapters(sft_cfg, dist, tmp_path):
 def test_vision_tower_comes_from_the_previous_stage_export(tmp_path, dist, monkeypatch):
     monkeypatch.chdir(tmp_path)
     cfg = compose_sft(tmp_path / "run")
-    with pytest.raises(FileNotFoundError, match=r"(?s)init_from is null.*stage=contrastive.*stage=generative"):
+    with pytest.raises(ConfigError, match=r"(?s)^init_from: null and no previous.*stage=contrastive.*generative"):
         SftStage(cfg, dist)
     export = write_tiny_stage1_export(tmp_path / "runs" / "contrastive" / "export")
     stage, model = built(cfg, dist)
@@ -129,7 +130,7 @@ def test_vision_tower_comes_from_the_previous_stage_export(tmp_path, dist, monke
 def test_llm_from_the_previous_text_tower_also_for_a_scratch_vit(tmp_path, dist, monkeypatch):
     monkeypatch.chdir(tmp_path)
     cfg = compose_sft(tmp_path / "run", ["model.chat.llm_from_text_tower=true", "stage.vision_init=scratch"])
-    with pytest.raises(FileNotFoundError, match=r"(?s)llm_from_text_tower.*stage=contrastive"):
+    with pytest.raises(ConfigError, match=r"(?s)^model.chat.llm_from_text_tower: true takes.*stage=contrastive"):
         SftStage(cfg, dist)
     write_tiny_stage1_export(tmp_path / "runs" / "contrastive" / "export")
     stage, model = built(cfg, dist)
