@@ -80,16 +80,20 @@ class DataConfig:
         if not 0 < self.augment.scale_min <= self.augment.scale_max <= 1:
             raise ConfigError("data.augment", "need 0 < scale_min <= scale_max <= 1")
 
-    def validate_pair_sources(self) -> None:
-        """What stages 1 and 2 need: training shards that exist (or the demo) and readable eval sets."""
+    def validate_pair_sources(self, training: bool = True) -> None:
+        """What stages 1 and 2 need: training shards that exist (or the demo) and readable eval sets; an
+        evaluation-only run (`training=False`) needs eval sets and never reads the training shards."""
         from internvl_train.config import ConfigError
 
         if self.demo and self.sources:
             raise ConfigError("data.sources", "demo: true uses the embedded demo shards; set demo: false "
                               "to train on your own sources")
-        if not self.demo and not self.sources:
+        if not training and not self.demo and not self.eval_sets:
+            raise ConfigError("data.eval_sets", "mode=eval with no eval set: set data.eval_sets=[{name: ..., "
+                                                "shards: ...}] (or csv: ...), or data=demo")
+        if training and not self.demo and not self.sources:
             raise ConfigError("data.sources", "no training shards: set data.sources=[{urls: ...}] or data=demo")
-        for i, source in enumerate(self.sources):
+        for i, source in enumerate(self.sources if training else []):
             _validate_source(f"data.sources[{i}]", source, self.resampled)
         for i, eval_set in enumerate(self.eval_sets):
             _validate_eval_set(f"data.eval_sets[{i}]", eval_set)

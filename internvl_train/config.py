@@ -216,6 +216,8 @@ def check_run_config(cfg: DictConfig) -> RunConfig:
     from internvl_train.config_keys import check_known_keys
 
     check_known_keys(cfg)  # before to_object, which would drop a `+key` silently
+    if cfg.mode == "eval":
+        _drop_unset_training_sources(cfg)
     try:
         run = OmegaConf.to_object(cfg)
     except OmegaConfBaseException as err:
@@ -227,6 +229,13 @@ def check_run_config(cfg: DictConfig) -> RunConfig:
     _validate_tree(run, "", skip=frozenset(run.stage.unused_config()))
     run.stage.validate_run(run)  # cross-group checks: the stage knows what it needs from model and data
     return run
+
+
+def _drop_unset_training_sources(cfg: DictConfig) -> None:
+    """mode=eval reads no training shards: a data option's placeholder `urls: ???` must not be demanded."""
+    sources = OmegaConf.select(cfg, "data.sources")
+    if sources is not None and not OmegaConf.is_missing(cfg.data, "sources"):
+        cfg.data.sources = [s for s in sources if not OmegaConf.is_missing(s, "urls")]
 
 
 def _validate_tree(node: Any, path: str, skip: frozenset[str]) -> None:

@@ -4,17 +4,22 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import random
+import shutil
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from omegaconf import OmegaConf
 
 from internvl_train.engine import distributed as D
 from internvl_train.engine.compat import install_deepspeed_compat
-from internvl_train.engine.checkpoint import CheckpointManager, capture_rng_state, restore_rng_state
+from internvl_train.config import ConfigError
+from internvl_train.engine.checkpoint import (STATE_FILE, TMP_PREFIX, CheckpointManager, capture_rng_state,
+                                              restore_rng_state)
 from internvl_train.engine.ds_config import build_ds_config
 from internvl_train.engine.freeze import freeze_modules
 from internvl_train.engine.guard import GuardedEngine, NonFiniteCounter, NonFiniteLossError
@@ -27,6 +32,8 @@ from internvl_train.engine.tracking import Tracker
 from internvl_train.stages.base import DistInfo, Stage
 
 log = logging.getLogger("internvl_train.engine")
+RESULTS_FILE = "results.jsonl"
+EXPORT_DIR = "export"
 
 
 def seed_everything(seed: int) -> None:
@@ -94,9 +101,13 @@ class Trainer:
         """Train, then final checkpoint, evaluation and export. Exits with code 75 when preempted;
         raises NonFiniteLossError after trainer.max_nonfinite_steps consecutive non-finite steps."""
         self.ckpt.clean_incomplete()
+        resume = self.ckpt.resolve_resume(self.cfg.resume)
+        finished = self._finished_results(resume)
+        if finished is not None:
+            return finished
         self._build_engine()
         self.loader = self.stage.build_train_loader()
-        self._restore(self.ckpt.resolve_resume(self.cfg.resume), self.loader)
+        self._restore(resume, self.loader)
         self.tracker = Tracker(self.cfg, self.dist.rank, self.run_dir, self.run_id,
                                self.cfg.trainer.max_steps, self.step)
         self.run_id = self.tracker.run_id if self.dist.rank == 0 else None
@@ -112,9 +123,14 @@ class Trainer:
         return results
 
     def evaluate(self) -> dict[str, float]:
-        """Evaluate only: latest checkpoint of run_dir (per cfg.resume), else the stage's own weights."""
-        self._build_engine()
+        """Evaluate only: latest checkpoint of run_dir (per cfg.resume), else the weights `init_from` or
+        `model.pretrained` name; with none of them there is nothing trained to evaluate (a config error)."""
         path = self.ckpt.resolve_resume(self.cfg.resume)
+        if path is None and not (self.cfg.init_from or OmegaConf.select(self.cfg, "model.pretrained")):
+            raise ConfigError("mode", f"eval found no checkpoint in {self.ckpt.root} and init_from is null: "
+                                      "nothing trained to evaluate. Train first (mode=train), or set "
+                                      "init_from=<export dir> or resume=<checkpoint dir>")
+        self._build_engine()
         if path is not None:
             state = self.ckpt.load_module_only(self.engine, path)
             self.step = state["step"]
@@ -206,11 +222,39 @@ class Trainer:
         raise SystemExit(EXIT_PREEMPTED)
 
     def _finish(self) -> dict[str, float]:
+        """Final checkpoint, evaluation and export; a rerun after a crash in between redoes only what is
+        missing (results.jsonl never gets the final evaluation twice)."""
         if self.last_saved_step != self.step:
             self._save()
-        results = self._evaluate(self.tracker)
-        self._export()
+        results = self._recorded_results(self.step)
+        if results is None:
+            results = self._evaluate(self.tracker)
+        if not self._export_dir().is_dir():
+            self._export()
         return results
+
+    def _finished_results(self, resume: Path | None) -> dict[str, float] | None:
+        """The final results when the checkpoint to resume is the last step and its evaluation and export
+        exist: the run is complete and a rerun does nothing (no model built, nothing appended)."""
+        if resume is None:
+            return None
+        step = json.loads((resume / STATE_FILE).read_text())["step"]
+        results = self._recorded_results(step) if step >= self.cfg.trainer.max_steps else None
+        if results is None or not self._export_dir().is_dir():
+            return None
+        if self.dist.rank == 0:
+            log.info("run already finished: %s is step %d of trainer.max_steps=%d, its results are in %s and "
+                     "its export in %s; nothing to do (raise trainer.max_steps to train on, or set another "
+                     "run_dir for a new run)", resume, step, self.cfg.trainer.max_steps,
+                     self.run_dir / RESULTS_FILE, self._export_dir())
+        return results
+
+    def _recorded_results(self, step: int) -> dict[str, float] | None:
+        """The evaluation results.jsonl holds for `step` (its last row for that step), else None."""
+        path = self.run_dir / RESULTS_FILE
+        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+        found = [r for r in rows if r.get("step") == step]
+        return {k: v for k, v in found[-1].items() if k != "step"} if found else None
 
     def _evaluate(self, tracker: Tracker | None) -> dict[str, float]:
         self.engine.eval()
@@ -218,20 +262,28 @@ class Trainer:
             results = self.stage.evaluate(self.engine.module)
         self.engine.train()
         if self.dist.rank == 0 and results:
-            with open(self.run_dir / "results.jsonl", "a") as f:
+            with open(self.run_dir / RESULTS_FILE, "a") as f:
                 f.write(json.dumps({"step": self.step, **results}) + "\n")
             log.info("eval at step %d: %s", self.step, results)
         if tracker is not None and results:
             tracker.log({f"eval/{k}": v for k, v in results.items()}, self.step)
         return results
 
+    def _export_dir(self) -> Path:
+        return self.run_dir / EXPORT_DIR
+
     def _export(self) -> None:
+        """The stage's export, written beside and renamed into place: `export/` exists only when complete."""
         import deepspeed
 
         model = self.engine.module
         gather = deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=None) \
             if self.cfg.deepspeed.zero_stage == 3 else nullcontext()
+        final, tmp = self._export_dir(), self.run_dir / f"{TMP_PREFIX}{EXPORT_DIR}"
         with gather:
             if self.dist.rank == 0:
-                self.stage.export(model, str(self.run_dir / "export"))
+                shutil.rmtree(tmp, ignore_errors=True)
+                self.stage.export(model, str(tmp))
+                shutil.rmtree(final, ignore_errors=True)
+                os.replace(tmp, final)
         D.barrier()

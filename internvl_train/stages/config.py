@@ -71,7 +71,7 @@ class ContrastiveStageConfig(StageConfig):
         return IMAGE_TEXT_STAGES_UNUSED
 
     def validate_run(self, run: Any) -> None:
-        run.data.validate_pair_sources()
+        run.data.validate_pair_sources(training=run.mode == "train")
         tokenizer_source(run, run.init_from)
 
 
@@ -129,7 +129,7 @@ class GenerativeStageConfig(StageConfig):
     def validate_run(self, run: Any) -> None:
         """QLLaMA's three passes need custom attention masks and room for queries + caption tokens; the
         weights to start from must exist (init_from, else an official checkpoint, else default_init_from)."""
-        run.data.validate_pair_sources()
+        run.data.validate_pair_sources(training=run.mode == "train")
         try:
             run.model.validate_qllama()
         except ConfigError as err:

@@ -99,3 +99,20 @@ def test_a_stage_does_not_check_config_it_never_reads(compose_cfg, chat_model_di
         check_run_config(compose_cfg(["stage=sft", "data.sft.demo=true", "model=chat_fixture", *bad_sft_data],
                                      extra_dirs=[chat_model_dir]))
     assert err.value.key == "data.sft.loss_reduction"
+
+
+def test_eval_mode_needs_eval_sets_but_not_training_shards(compose_cfg, tmp_path):
+    tokenizer = tmp_path / "tok"
+    tokenizer.mkdir()
+    (tokenizer / "tokenizer_config.json").write_text("{}")  # only its presence is checked here
+    heldout = tmp_path / "heldout.csv"
+    heldout.write_text("image,caption\n")
+    base = ["data=webdataset", f"model.text.tokenizer={tokenizer}"]  # data.sources[0].urls stays ???
+    run = check_run_config(compose_cfg([*base, "mode=eval", f"data.eval_sets=[{{name: h, csv: {heldout}}}]"]))
+    assert run.data.sources == [] and run.data.eval_sets[0].name == "h"
+    with pytest.raises(ConfigError) as err:
+        check_run_config(compose_cfg([*base, "mode=eval"]))
+    assert err.value.key == "data.eval_sets" and "mode=eval with no eval set" in err.value.reason
+    with pytest.raises(ConfigError) as err:  # training still demands its shards
+        check_run_config(compose_cfg([*base, f"data.eval_sets=[{{name: h, csv: {heldout}}}]"]))
+    assert err.value.key == "data.sources[0].urls"
