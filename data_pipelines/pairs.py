@@ -20,6 +20,7 @@ from data_pipelines.config import DataConfig, PairSourceConfig, expand_urls
 from data_pipelines.decode import build_geometry
 from data_pipelines.shards import shard_sample_count
 from data_pipelines.stream import PairStream, Position, StreamSpec
+from data_pipelines.workers import ignore_termination_signals
 
 log = logging.getLogger(__name__)
 STATE_VERSION = 1
@@ -51,7 +52,7 @@ class PairLoader:
                             pin_memory=torch.cuda.is_available(),
                             # its own generator: creating the iterator must not draw from the caller's RNG
                             generator=torch.Generator().manual_seed(self.spec.seed),
-                            persistent_workers=False)
+                            persistent_workers=False, worker_init_fn=ignore_termination_signals)
         for batch in loader:
             meta = batch.pop("_meta")
             self.positions[meta["worker"]] = meta["position"]

@@ -7,7 +7,8 @@ import math
 import os
 import random
 import shutil
-from contextlib import nullcontext
+import signal
+from contextlib import nullcontext, suppress
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,7 @@ from internvl_train.engine.metrics import MetricWindow, peak_tflops_per_device, 
 from internvl_train.engine.optim import build_optimizer, build_param_groups
 from internvl_train.engine.run_identity import check_resumable, config_hash, identity_config
 from internvl_train.engine.schedule import apply_lr, trainer_lr_at
-from internvl_train.engine.signals import EXIT_PREEMPTED, PreemptionFlag
+from internvl_train.engine.signals import EXIT_PREEMPTED, Interrupted, StopSignals, exit_code_for
 from internvl_train.engine.tracking import Tracker
 from internvl_train.stages.base import DistInfo, Stage
 
@@ -62,6 +63,7 @@ class Trainer:
         self.run_id: str | None = None
         self.last_saved_step = -1
         self.nonfinite = NonFiniteCounter(cfg.trainer.max_nonfinite_steps)
+        self.phase = "start-up"  # named when a stop signal ends the run outside the training loop
 
     # ---- setup ----------------------------------------------------------------------------------
     def _build_engine(self) -> None:
@@ -98,8 +100,17 @@ class Trainer:
 
     # ---- public API -----------------------------------------------------------------------------
     def fit(self) -> dict[str, float]:
-        """Train, then final checkpoint, evaluation and export. Exits with code 75 when preempted;
-        raises NonFiniteLossError after trainer.max_nonfinite_steps consecutive non-finite steps."""
+        """Train, then final checkpoint, evaluation and export. A stop signal (engine/signals.py) saves a
+        checkpoint (in the loop) and exits 75 (130 for Ctrl-C); raises NonFiniteLossError after
+        trainer.max_nonfinite_steps consecutive non-finite steps."""
+        with StopSignals() as stop:
+            try:
+                return self._fit(stop)
+            except Interrupted as interrupted:
+                self._stop_now(interrupted.signum)
+
+    def _fit(self, stop: StopSignals) -> dict[str, float]:
+        self.phase = "start-up"
         self.ckpt.clean_incomplete()
         resume = self.ckpt.resolve_resume(self.cfg.resume)
         finished = self._finished_results(resume)
@@ -112,19 +123,32 @@ class Trainer:
                                self.cfg.trainer.max_steps, self.step)
         self.run_id = self.tracker.run_id if self.dist.rank == 0 else None
         self.run_id = D.all_gather_objects(self.run_id)[0]
-        with PreemptionFlag() as preempt:
+        self.phase = "training"
+        with stop.deferred():
             try:
-                self._train_loop(preempt)
+                self._train_loop(stop)
             except NonFiniteLossError:
                 self.tracker.close(exit_code=1)
                 raise
+            if stop.agreed():  # arrived after the last step's check
+                self._stop_at_step_boundary(stop)
         results = self._finish()
+        self.phase = "closing the tracker"
         self.tracker.close()
         return results
 
     def evaluate(self) -> dict[str, float]:
         """Evaluate only: latest checkpoint of run_dir (per cfg.resume), else the weights `init_from` or
-        `model.pretrained` name; with none of them there is nothing trained to evaluate (a config error)."""
+        `model.pretrained` name; with none of them there is nothing trained to evaluate (a config error).
+        A stop signal ends it at once (nothing to save)."""
+        self.phase = "evaluation"
+        with StopSignals():
+            try:
+                return self._evaluate_only()
+            except Interrupted as interrupted:
+                self._stop_now(interrupted.signum)
+
+    def _evaluate_only(self) -> dict[str, float]:
         path = self.ckpt.resolve_resume(self.cfg.resume)
         if path is None and not (self.cfg.init_from or OmegaConf.select(self.cfg, "model.pretrained")):
             raise ConfigError("mode", f"eval found no checkpoint in {self.ckpt.root} and init_from is null: "
@@ -137,7 +161,7 @@ class Trainer:
         return self._evaluate(tracker=None)
 
     # ---- loop -----------------------------------------------------------------------------------
-    def _train_loop(self, preempt: PreemptionFlag) -> None:
+    def _train_loop(self, stop: StopSignals) -> None:
         tr = self.cfg.trainer
         self.engine.train()
         data = iter(self.loader)
@@ -153,8 +177,8 @@ class Trainer:
                 self._evaluate(self.tracker)
             if tr.save_every > 0 and self.step % tr.save_every == 0:
                 self._save()
-            if preempt.agreed():
-                self._preempted(preempt)
+            if stop.agreed():
+                self._stop_at_step_boundary(stop)
 
     def _train_step(self, data: Any, window: MetricWindow) -> None:
         tr = self.cfg.trainer
@@ -213,22 +237,41 @@ class Trainer:
         if self.dist.rank == 0:
             log.info("saved checkpoint %s", path)
 
-    def _preempted(self, preempt: PreemptionFlag) -> None:
-        log.warning("rank %d: signal %s received (on some rank): saving a checkpoint at step %d and exiting %d",
-                    self.dist.rank, preempt.received, self.step, EXIT_PREEMPTED)
+    def _stop_at_step_boundary(self, stop: StopSignals) -> None:
+        """All ranks agreed on a stop signal: checkpoint this step, close the tracker, exit."""
+        code = exit_code_for(stop.received) if stop.received is not None else EXIT_PREEMPTED
         if self.last_saved_step != self.step:
             self._save()
-        self.tracker.close(exit_code=EXIT_PREEMPTED)
-        raise SystemExit(EXIT_PREEMPTED)
+        if self.dist.rank == 0:
+            log.warning("%s received: checkpoint saved at step %d (%s); exiting %d. Rerun the same command to "
+                        "resume from it.", stop.name(), self.step, self.ckpt.latest(), code)
+        self.tracker.close(exit_code=code)
+        raise SystemExit(code)
+
+    def _stop_now(self, signum: int) -> None:
+        """A stop signal outside the training loop: nothing unsaved is lost; one line, then exit."""
+        code = exit_code_for(signum)
+        if self.dist.rank == 0:
+            log.warning("%s received during %s: stopping, exit %d. The last checkpoint is %s; rerun the same "
+                        "command to resume (completed work is not redone).", signal.Signals(signum).name,
+                        self.phase, code, self.ckpt.latest() or "none (no step trained yet)")
+        tracker = getattr(self, "tracker", None)
+        if tracker is not None:
+            with suppress(Interrupted):
+                tracker.close(exit_code=code)
+        raise SystemExit(code) from None
 
     def _finish(self) -> dict[str, float]:
         """Final checkpoint, evaluation and export; a rerun after a crash in between redoes only what is
         missing (results.jsonl never gets the final evaluation twice)."""
+        self.phase = "the final checkpoint"
         if self.last_saved_step != self.step:
             self._save()
+        self.phase = "the final evaluation"
         results = self._recorded_results(self.step)
         if results is None:
             results = self._evaluate(self.tracker)
+        self.phase = "the export"
         if not self._export_dir().is_dir():
             self._export()
         return results
