@@ -19,17 +19,11 @@ QUESTIONS = ["What color is the shape?", "Where is the shape located?"]
 def export(tmp_path_factory) -> Path:
     """A tiny chat model exported by the stage-3 exporter (untrained weights, random but fixed)."""
     sys.path.insert(0, str(REPO_ROOT / "tests" / "stages"))
-    from sft_helpers import compose_sft
-
-    from internvl_train.stages.base import DistInfo
-    from internvl_train.stages.sft import SftStage
+    from sft_helpers import tiny_chat_model
 
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("chat")
-    cfg = compose_sft(root / "run", ["stage.vision_init=scratch"])
-    stage = SftStage(cfg, DistInfo())
-    torch.manual_seed(0)
-    model = stage.build_model()
+    stage, model = tiny_chat_model(root / "run")
     stage.export(model, str(root / "export"))
     return root / "export"
 

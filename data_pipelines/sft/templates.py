@@ -9,6 +9,7 @@ text plus its end marker; the trailing newline, headers, system and user turns a
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
@@ -120,3 +121,63 @@ def render_with_chat_template(apply: Callable[[list[dict[str, Any]]], str], turn
         pieces.append(Piece(text + marker, True, i // 2))
         pieces.append(Piece(tail[len(marker):], False, i // 2))
     return [p for p in pieces if p.text]
+
+
+# The Jinja twin of ChatTemplate.render for exports (`tokenizer.apply_chat_template`). Image content items
+# become the processor's image token, numbered `Image-k:` lines when the conversation has several (as
+# place_image_tokens prefixes them); a `<image>` placeholder in text becomes the image token too.
+_JINJA_BODY = """\
+{%- set ns = namespace(images=0, seen=0, system=default_system) -%}
+{%- for message in messages if message.content is not string -%}
+  {%- set ns.images = ns.images + message.content | selectattr("type", "equalto", "image") | list | length -%}
+{%- endfor -%}
+{%- set turns = messages -%}
+{%- if messages and messages[0].role == "system" -%}
+  {%- set turns = messages[1:] -%}
+  {%- if messages[0].content is string -%}{%- set ns.system = messages[0].content -%}
+  {%- else -%}{%- set ns.system = messages[0].content | map(attribute="text") | join("") -%}{%- endif -%}
+{%- endif -%}
+{{- bos + system_prefix + ns.system + system_suffix -}}
+{%- for message in turns -%}
+  {%- if message.role == "user" -%}{{- user_header -}}
+  {%- elif message.role == "assistant" -%}{{- assistant_header + answer_lead -}}
+  {%- else -%}{{- raise_exception("roles must be system (first), user or assistant, not " ~ message.role) -}}
+  {%- endif -%}
+  {%- if message.content is string -%}{{- message.content | replace(placeholder, image_token) -}}
+  {%- else -%}
+    {%- for item in message.content -%}
+      {%- if item.type == "text" -%}{{- item.text | replace(placeholder, image_token) -}}
+      {%- elif item.type == "image" -%}
+        {%- set ns.seen = ns.seen + 1 -%}
+        {{- ("Image-" ~ ns.seen ~ ": " if ns.images > 1 else "") + image_token + "\\n" -}}
+      {%- else -%}{{- raise_exception("unsupported content type " ~ item.type) -}}
+      {%- endif -%}
+    {%- endfor -%}
+  {%- endif -%}
+  {%- if message.role == "user" -%}{{- user_end -}}{%- else -%}{{- assistant_end + assistant_tail -}}{%- endif -%}
+{%- endfor -%}
+{%- if add_generation_prompt -%}{{- assistant_header -}}{%- endif -%}
+"""
+
+
+def jinja_chat_template(template: ChatTemplate, system: Optional[str], bos_token: Optional[str],
+                        image_token: str, placeholder: str) -> str:
+    """A Jinja chat template rendering exactly what `template.render` does (system = the default system
+    message when the conversation has none; bos_token baked in where the encoder adds one), with
+    `add_generation_prompt` ending at the assistant header, where the training prompt ends."""
+    constants = {
+        "bos": bos_token or "", "default_system": template.default_system if system is None else system,
+        "system_prefix": template.system_prefix, "system_suffix": template.system_suffix,
+        "user_header": template.user_header, "user_end": template.user_end,
+        "assistant_header": template.assistant_header, "answer_lead": template.answer_lead,
+        "assistant_end": template.assistant_end, "assistant_tail": template.assistant_tail,
+        "image_token": image_token, "placeholder": placeholder}
+    header = "".join(f"{{%- set {k} = {json.dumps(v, ensure_ascii=False)} -%}}\n" for k, v in constants.items())
+    return f"{{#- {template.name} conversation template (internvl-train) -#}}\n" + header + _JINJA_BODY
+
+
+def with_default_system(chat_template: str, system: str) -> str:
+    """A tokenizer's own chat template, given the system message training used when a conversation has none."""
+    message = json.dumps({"role": "system", "content": system}, ensure_ascii=False)
+    return ("{%- if not messages or messages[0].role != \"system\" -%}"
+            f"{{%- set messages = [{message}] + messages -%}}{{%- endif -%}}\n" + chat_template)

@@ -1,5 +1,7 @@
 """Export a chat model: (a) native transformers InternVL (loads with plain `from_pretrained`, no remote code),
-(b) the official InternVL-Chat layout (`vision_model.*`, `mlp1.*`, `language_model.*`)."""
+(b) the official InternVL-Chat layout (`vision_model.*`, `mlp1.*`, `language_model.*`). Both carry the
+training conversation template as the tokenizer's `chat_template` and a generation_config.json that stops at
+its end-of-turn token, so `apply_chat_template` + `generate` answer as `python -m internvl_train.chat`."""
 from __future__ import annotations
 
 import copy
@@ -10,12 +12,13 @@ from typing import Any, Mapping, Optional
 
 import torch
 from huggingface_hub import save_torch_state_dict
-from transformers import GotOcr2ImageProcessor, InternVLProcessor
+from transformers import GenerationConfig, GotOcr2ImageProcessor, InternVLProcessor
 from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, PILImageResampling
 from transformers.models.internvl.video_processing_internvl import InternVLVideoProcessor
 
 from internvl_train.models.chat import InternVLChatModel
 from internvl_train.models.chat_checkpoint import native_chat_to_official
+from internvl_train.models.chat_generate import ChatPrompter, PromptSettings
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +41,8 @@ def export_native(model: InternVLChatModel, tokenizer: Any, out_dir: str | Path,
     state, config = _native_state(model, len(processor.tokenizer), state)
     config.save_pretrained(out)
     save_torch_state_dict(state, out, max_shard_size=max_shard_size)
-    processor.save_pretrained(out)
+    processor.save_pretrained(out)  # chat_template.jinja serves the processor and its tokenizer
+    _save_generation_config(model, tokenizer, out)
     log.info("exported native transformers InternVL checkpoint to %s", out)
     return out
 
@@ -66,7 +70,7 @@ def native_processor(model: InternVLChatModel, tokenizer: Any) -> InternVLProces
     """transformers' InternVLProcessor for this model: tiles of the ViT's size (GotOcr2 tiling, thumbnail
     when tiled), ImageNet mean/std, bicubic, `image_seq_length` context tokens per tile. The processor needs a
     video token: `<video>` is added to a copy of the tokenizer after the InternVL tokens."""
-    tokenizer = copy.deepcopy(tokenizer)
+    tokenizer = _with_chat_template(model, tokenizer)
     tokenizer.add_tokens([VIDEO_TOKEN], special_tokens=True)
     tokenizer._set_model_specific_special_tokens({"video_token": VIDEO_TOKEN})
     size = model.config.vision_config.image_size[0]
@@ -75,7 +79,39 @@ def native_processor(model: InternVLChatModel, tokenizer: Any) -> InternVLProces
         size={"height": size, "width": size}, image_mean=IMAGENET_DEFAULT_MEAN, image_std=IMAGENET_DEFAULT_STD,
         resample=PILImageResampling.BICUBIC)
     return InternVLProcessor(image_processor=images, tokenizer=tokenizer, video_processor=InternVLVideoProcessor(),
-                             image_seq_length=int(model.config.image_seq_length))
+                             image_seq_length=int(model.config.image_seq_length),
+                             chat_template=getattr(tokenizer, "chat_template", None))
+
+
+def inference_prompter(model: InternVLChatModel, tokenizer: Any) -> Optional[ChatPrompter]:
+    """The prompter our chat CLI would use for this model; None when its config names no template (a model
+    built outside stage 3): such exports carry no chat template or generation config of ours."""
+    if tokenizer is None or not getattr(model.config, "template", None):
+        return None
+    return ChatPrompter(tokenizer, PromptSettings.from_model_config(model.config))
+
+
+def _with_chat_template(model: InternVLChatModel, tokenizer: Any) -> Any:
+    """A copy of the tokenizer whose `chat_template` renders the training template (the caller's is kept)."""
+    tokenizer = copy.deepcopy(tokenizer)
+    prompter = inference_prompter(model, tokenizer)
+    if prompter is not None:
+        tokenizer.chat_template = prompter.chat_template()
+    return tokenizer
+
+
+def generation_config(prompter: ChatPrompter) -> GenerationConfig:
+    """Greedy, stopping at the template's end-of-turn token (then the tokenizer EOS), as our generate does."""
+    tok, stop = prompter.tokenizer, prompter.stop_token_ids()
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    return GenerationConfig(bos_token_id=tok.bos_token_id, eos_token_id=stop[0] if len(stop) == 1 else stop,
+                            pad_token_id=pad, do_sample=False)
+
+
+def _save_generation_config(model: InternVLChatModel, tokenizer: Any, out: Path) -> None:
+    prompter = inference_prompter(model, tokenizer)
+    if prompter is not None:
+        generation_config(prompter).save_pretrained(out)
 
 
 def export_official(model: InternVLChatModel, tokenizer: Any, out_dir: str | Path, max_shard_size: str = "5GB",
@@ -91,7 +127,8 @@ def export_official(model: InternVLChatModel, tokenizer: Any, out_dir: str | Pat
     out.mkdir(parents=True, exist_ok=True)
     save_torch_state_dict(state, out, max_shard_size=max_shard_size)
     (out / "config.json").write_text(json.dumps(official_config(model), indent=2, sort_keys=True))
-    tokenizer.save_pretrained(out)
+    _with_chat_template(model, tokenizer).save_pretrained(out)
+    _save_generation_config(model, tokenizer, out)
     log.info("exported official-layout InternVL-Chat checkpoint to %s", out)
     return out
 

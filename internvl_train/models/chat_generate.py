@@ -16,8 +16,9 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from data_pipelines.sft.encode import (ConversationEncoder, EncoderSettings, IMG_CONTEXT, place_image_tokens)
-from data_pipelines.sft.templates import TEMPLATES
+from data_pipelines.sft.encode import (ConversationEncoder, EncoderSettings, IMAGE_PLACEHOLDER, IMG_CONTEXT,
+                                      place_image_tokens)
+from data_pipelines.sft.templates import TEMPLATES, jinja_chat_template, with_default_system
 from data_pipelines.tiling import image_to_tiles, tiles_per_image
 
 Turn = tuple[str, str]  # (role, text), role "human" | "gpt"
@@ -69,12 +70,21 @@ class ChatPrompter:
         self.context_id = tokenizer.convert_tokens_to_ids(IMG_CONTEXT)
 
     def stop_token_ids(self) -> list[int]:
-        """The answer's end marker (`<|im_end|>`, `</s>`) and the tokenizer's EOS."""
+        """The answer's end marker (`<|im_end|>`, `</s>`) first, then the tokenizer's EOS if different."""
         template = TEMPLATES.get(self.settings.template)
-        ids = {self.tokenizer.eos_token_id}
-        if template is not None:
-            ids.update(self.tokenizer.encode(template.assistant_end, add_special_tokens=False)[-1:])
-        return sorted(i for i in ids if i is not None)
+        ids = self.tokenizer.encode(template.assistant_end, add_special_tokens=False)[-1:] if template else []
+        return list(dict.fromkeys(i for i in [*ids, self.tokenizer.eos_token_id] if i is not None))
+
+    def chat_template(self) -> Optional[str]:
+        """A Jinja chat template rendering these prompts (`add_generation_prompt` = what `build` tokenises,
+        image blocks as the processor's `<IMG_CONTEXT>`, which it expands like `build`); for
+        template=tokenizer, the tokenizer's own with our default system message."""
+        template, system = TEMPLATES.get(self.settings.template), self.settings.system_message
+        if template is None:
+            own = getattr(self.tokenizer, "chat_template", None)
+            return with_default_system(own, system) if own and system is not None else own
+        bos = self.tokenizer.bos_token if self.encoder.bos is not None else None
+        return jinja_chat_template(template, system, bos, IMG_CONTEXT, IMAGE_PLACEHOLDER)
 
     def tiles(self, images: Sequence[Image.Image]) -> list[torch.Tensor]:
         s = self.settings
@@ -123,20 +133,29 @@ def generate(model: Any, prompter: ChatPrompter, requests: Sequence[tuple[str, S
              max_new_tokens: int = 32, history: Sequence[Turn] = (), synced_gpus: bool = False) -> list[str]:
     """Greedy answers to (question, images) requests in one batch. `synced_gpus` keeps ZeRO-3 ranks stepping
     together until every rank is done (DeepSpeed gathers parameters collectively)."""
+    stop, tok = prompter.stop_token_ids(), prompter.tokenizer
+    answers = []
+    for row in generate_ids(model, prompter, requests, max_new_tokens, history, synced_gpus):
+        cut = next((k for k, t in enumerate(row) if t in stop), len(row))
+        answers.append(tok.decode(row[:cut], skip_special_tokens=True).strip())
+    return answers
+
+
+@torch.no_grad()
+def generate_ids(model: Any, prompter: ChatPrompter, requests: Sequence[tuple[str, Sequence[Image.Image]]],
+                 max_new_tokens: int = 32, history: Sequence[Turn] = (), synced_gpus: bool = False
+                 ) -> list[list[int]]:
+    """The generated token ids of each request (stop token included, then padding where a row ended early)."""
     built = [prompter.build(q, images, history) for q, images in requests]
     tok = prompter.tokenizer
     ids, mask = left_pad([b[0] for b in built], tok.pad_token_id)
     param = next(model.parameters())
     pixels = torch.cat([b[1] for b in built]).to(param.device, param.dtype)
-    stop = prompter.stop_token_ids()
     out = model.generate(input_ids=ids.to(param.device), attention_mask=mask.to(param.device),
                          pixel_values=pixels if len(pixels) else None, max_new_tokens=max_new_tokens,
-                         do_sample=False, eos_token_id=stop, pad_token_id=tok.pad_token_id, synced_gpus=synced_gpus)
-    answers = []
-    for row in out[:, ids.shape[1]:].tolist():
-        cut = next((k for k, t in enumerate(row) if t in stop), len(row))
-        answers.append(tok.decode(row[:cut], skip_special_tokens=True).strip())
-    return answers
+                         do_sample=False, eos_token_id=prompter.stop_token_ids(), pad_token_id=tok.pad_token_id,
+                         synced_gpus=synced_gpus)
+    return out[:, ids.shape[1]:].tolist()
 
 
 def load_chat_for_inference(path: str | Path, dtype: Optional[torch.dtype] = None) -> tuple[Any, ChatPrompter]:
