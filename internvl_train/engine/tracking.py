@@ -13,6 +13,7 @@ from typing import Any
 from omegaconf import OmegaConf
 
 log = logging.getLogger("internvl_train.engine")
+METRICS_FILE = "metrics.jsonl"
 
 
 def has_wandb_login() -> bool:
@@ -38,13 +39,29 @@ def new_run_id() -> str:
     return generate_id()
 
 
+def drop_rows_after(path: Path, step: int) -> int:
+    """Rewrite the JSONL file `path` without its rows of steps after `step`, atomically; how many it dropped.
+    A run resuming from a checkpoint at `step` logs the later steps again: rows that a crashed attempt wrote
+    after its last checkpoint would otherwise appear twice."""
+    if not path.is_file():
+        return 0
+    lines = path.read_text().splitlines()
+    kept = [line for line in lines if line.strip() and json.loads(line).get("step", 0) <= step]
+    if len(kept) == len(lines):
+        return 0
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("".join(f"{line}\n" for line in kept))
+    os.replace(tmp, path)
+    return len(lines) - len(kept)
+
+
 class Tracker:
     """Rank 0 logs; other ranks hold a no-op tracker. `run_id` is persisted in checkpoints."""
 
     def __init__(self, cfg: Any, rank: int, run_dir: Path, run_id: str | None, max_steps: int, start_step: int):
         self.rank = rank
         self.run_id = run_id
-        self.metrics_path = run_dir / "metrics.jsonl"
+        self.metrics_path = run_dir / METRICS_FILE
         self.wandb_run = None
         self.bar = None
         if rank != 0:

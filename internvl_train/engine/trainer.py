@@ -29,7 +29,7 @@ from internvl_train.engine.optim import build_optimizer, build_param_groups
 from internvl_train.engine.run_identity import check_resumable, config_hash, identity_config
 from internvl_train.engine.schedule import apply_lr, trainer_lr_at
 from internvl_train.engine.signals import EXIT_PREEMPTED, Interrupted, StopSignals, exit_code_for
-from internvl_train.engine.tracking import Tracker
+from internvl_train.engine.tracking import METRICS_FILE, Tracker, drop_rows_after
 from internvl_train.stages.base import DistInfo, Stage
 
 log = logging.getLogger("internvl_train.engine")
@@ -97,6 +97,10 @@ class Trainer:
         restore_rng_state(rank_state["rng"])
         if self.dist.rank == 0:
             log.info("resumed from %s at step %d (%d samples seen)", path, self.step, self.samples_seen)
+            for name in (METRICS_FILE, RESULTS_FILE):  # the steps after the checkpoint are redone: no twins
+                dropped = drop_rows_after(self.run_dir / name, self.step)
+                if dropped:
+                    log.info("%s: dropped %d rows logged after step %d (redone now)", name, dropped, self.step)
 
     # ---- public API -----------------------------------------------------------------------------
     def fit(self) -> dict[str, float]:

@@ -3,7 +3,9 @@ between the final checkpoint, evaluation and export redoes only the missing part
 trained to evaluate is a config error, not a random model's numbers."""
 from __future__ import annotations
 
+import json
 import logging
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -83,3 +85,18 @@ def test_eval_with_no_checkpoint_and_no_weights_is_a_config_error(dist, tmp_path
     with pytest.raises(ConfigError, match="eval found no checkpoint in .* and init_from is null"):
         Trainer(cfg, CountingStage(cfg, dist), dist).evaluate()
     assert not (tmp_path / "results.jsonl").exists()
+
+
+def test_a_resume_after_a_crash_logs_each_step_once(dist, tmp_path):
+    fit(dist, tmp_path, **{"trainer.max_steps": 6, "trainer.save_every": 3, "trainer.eval_every": 2})
+    first = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    # As a crash after step 6 was logged but before its checkpoint: step_3 is the newest complete checkpoint.
+    shutil.rmtree(tmp_path / "checkpoints" / "step_6")
+    shutil.rmtree(tmp_path / "export")
+    (tmp_path / "checkpoints" / "latest").write_text("step_3")
+    fit(dist, tmp_path, **{"trainer.max_steps": 6, "trainer.save_every": 3, "trainer.eval_every": 2})
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    steps = [r["step"] for r in rows if "loss/loss" in r]
+    assert steps == [1, 2, 3, 4, 5, 6]
+    assert [r["loss/loss"] for r in rows if "loss/loss" in r] == [r["loss/loss"] for r in first if "loss/loss" in r]
+    assert [json.loads(line)["step"] for line in result_rows(tmp_path)] == [2, 4, 6]
