@@ -16,6 +16,11 @@ def losses_by_step(run_dir: Path) -> dict[int, float]:
     return {r["step"]: r["loss/loss"] for r in metric_rows(run_dir) if "loss/loss" in r}
 
 
+def grad_norms_by_step(run_dir: Path) -> dict[int, float]:
+    """The pre-clip global gradient norm the engine logged at each step."""
+    return {r["step"]: r["train/grad_norm"] for r in metric_rows(run_dir) if "train/grad_norm" in r}
+
+
 def exported(run_dir: Path) -> dict[str, torch.Tensor]:
     return torch.load(run_dir / "export" / "model.pt")
 

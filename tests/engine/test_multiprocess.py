@@ -11,14 +11,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import assert_same_tensors, exported, losses_by_step
+from helpers import assert_same_tensors, exported, grad_norms_by_step, losses_by_step
 
 from internvl_train.engine.checkpoint import PAUSE_ENV
 from internvl_train.engine.distributed import find_free_port
 
 RUN_TOY = str(Path(__file__).with_name("run_toy.py"))
 # fp32 on CPU; the only difference between the runs is the order of the gradient reductions.
-LOSS_RTOL, WEIGHT_ATOL = 1e-5, 1e-5
+LOSS_RTOL, GRAD_NORM_RTOL, WEIGHT_ATOL = 1e-5, 1e-5, 1e-5
 
 
 def toy_command(run_dir: Path, nproc: int, **overrides: object) -> list[str]:
@@ -42,13 +42,17 @@ def test_zero2_and_zero3_on_two_ranks_match_one_process(tmp_path: Path) -> None:
     run_toy(tmp_path / "z2", 2, **common, **{"deepspeed.zero_stage": 2, "trainer.micro_batch_size": 4})
     run_toy(tmp_path / "z3", 2, **common, **{"deepspeed.zero_stage": 3, "trainer.micro_batch_size": 2,
                                             "trainer.grad_accum_steps": 2})
-    reference = losses_by_step(tmp_path / "one")
-    assert list(reference) == [1, 2, 3, 4, 5]
+    reference, ref_norms = losses_by_step(tmp_path / "one"), grad_norms_by_step(tmp_path / "one")
+    assert list(reference) == list(ref_norms) == [1, 2, 3, 4, 5]
     for name in ("z2", "z3"):
-        losses = losses_by_step(tmp_path / name)
-        assert losses.keys() == reference.keys()
+        losses, norms = losses_by_step(tmp_path / name), grad_norms_by_step(tmp_path / name)
+        assert losses.keys() == reference.keys() and norms.keys() == ref_norms.keys()
         for step, loss in reference.items():
             assert losses[step] == pytest.approx(loss, rel=LOSS_RTOL), (name, step)
+        # Gradients summed instead of averaged over ranks leave losses and weights unchanged (clipping
+        # and Adam are blind to the gradient's scale); the pre-clip norm is not.
+        for step, norm in ref_norms.items():
+            assert norms[step] == pytest.approx(norm, rel=GRAD_NORM_RTOL), (name, step, "grad norm")
         weights, ref_weights = exported(tmp_path / name), exported(tmp_path / "one")
         for key, value in ref_weights.items():
             torch.testing.assert_close(weights[key], value, atol=WEIGHT_ATOL, rtol=0)

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from omegaconf import OmegaConf
 
 from launch_helpers import PIPELINE_SH, REPO, TRAIN_SBATCH, SlurmCluster, wait_for_lines
 
@@ -87,13 +88,42 @@ def test_preempted_demo_stage1_resumes_to_the_uninterrupted_result(slurm_cluster
     assert len(starts) == 2 and all(d.name.endswith(f"-{run_id}") for d in starts), starts
 
 
+def export_tensors(run_dir: Path) -> dict:
+    from safetensors.torch import load_file
+
+    files = sorted((run_dir / "export").glob("*.safetensors"))
+    assert files, f"{run_dir}/export holds no safetensors file"
+    return {k: v for f in files for k, v in load_file(f).items()}
+
+
+def with_prefix(tensors: dict, prefix: str) -> dict:
+    return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+
+
 def test_pipeline_runs_the_three_demo_stages(slurm_cluster: SlurmCluster, tmp_path: Path):
+    # stage.train_qllama=false (the paper's stage 2): every inherited tensor but logit_scale is frozen, so
+    # each must leave stage 2 bit-equal to stage 1's export.
     out = slurm_cluster.run("bash", PIPELINE_SH, "--runs-root", tmp_path, "--ntasks-per-node", "1",
-                            "--stage3", "model=chat_tiny data=demo_sft", "--",
-                            "trainer.max_steps=2", "trainer.micro_batch_size=4", "logger=none",
+                            "--stage2", "stage.train_qllama=false", "--stage3", "model=chat_tiny data=demo_sft",
+                            "--", "trainer.max_steps=2", "trainer.micro_batch_size=4", "logger=none",
                             "trainer.progress_bar=off", extra_env={"PYTHON": sys.executable}, cwd=REPO).stdout
     rows = [line.split() for line in out.splitlines()]
+    assert [name for name, _, _ in rows] == ["contrastive", "generative", "sft"], out
     for name, job, run_dir in rows:
         info = slurm_cluster.wait(job, timeout_s=900)
         assert info["JobState"] == "COMPLETED", (tmp_path / "logs" / f"ivl-{name}-{job}.out").read_text()
         assert any((Path(run_dir) / "export").iterdir()), f"{name} exported nothing"
+    stage1, stage2, stage3 = (export_tensors(Path(run_dir)) for _, _, run_dir in rows)
+
+    # Stage 1 trained every tower (no norm gain still at its init 1): equality below cannot come from a
+    # shared seed, only from loading stage 1's export.
+    assert not any(bool((v == 1).all()) for k, v in stage1.items() if "norm" in k and k.endswith("weight"))
+    inherited = {k: v for k, v in stage1.items() if k != "logit_scale"}
+    assert inherited.keys() <= stage2.keys(), sorted(inherited.keys() - stage2.keys())
+    assert_same_tensors(inherited, {k: stage2[k] for k in inherited}, "stage 2 export vs stage 1 export:")
+
+    # Stage 3 keeps its ViT frozen (stage.freeze_vision defaults to true): its export holds stage 2's ViT.
+    assert OmegaConf.load(Path(rows[2][2]) / "config.yaml").stage.freeze_vision is True
+    vit2, vit3 = with_prefix(stage2, "vision."), with_prefix(stage3, "model.vision_tower.")
+    assert vit2, "stage 2 exported no vision tower"
+    assert_same_tensors(vit2, vit3, "stage 3 ViT vs stage 2 export:")

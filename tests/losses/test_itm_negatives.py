@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from internvl_train.losses.itm import itm_loss, sample_itm_negatives
+from internvl_train.losses.itm import HARD_NEGATIVE_EPS, itm_loss, sample_itm_negatives
 
 
 def sample(sim: torch.Tensor, seed: int = 0, **kw):
@@ -40,6 +40,42 @@ def test_hard_negatives_follow_similarity() -> None:
     assert picks.count(3) >= 48
     random_picks = {int(sample(sim, s, mode="random").text_for_image[0]) for s in range(50)}
     assert random_picks == {1, 2, 3}
+
+
+@pytest.fixture
+def one_thread():
+    """Thousands of calls on 5x5 tensors: intra-op thread hand-offs would dominate (40x on a loaded machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_hard_negative_draw_frequencies_match_softmax(one_thread) -> None:
+    """Many draws (one generator seed each) land on each candidate as often as (softmax(sim) + eps),
+    renormalised over the allowed candidates, says: a sampler returning the most similar candidate, or
+    drawing from another distribution, fails. Fixed seeds: deterministic, the bound only sizes the margin."""
+    gen = torch.Generator().manual_seed(11)
+    sim_i2t, sim_t2i = torch.randn(5, 5, generator=gen), torch.randn(5, 5, generator=gen)
+    sim_i2t.fill_diagonal_(3.0)  # the positive is the most similar: it must not take any probability
+    image_ids = torch.tensor([0, 1, 2, 3, 3])  # rows 3 and 4 show the same image: never each other's negative
+    rows = torch.arange(5)
+    allowed = (rows[:, None] != rows[None, :]) & (image_ids[:, None] != image_ids[None, :])
+    draws = 4000
+    counts = torch.zeros(2, 5, 5)
+    for seed in range(draws):
+        neg = sample_itm_negatives(sim_i2t, sim_t2i, rows, image_ids=image_ids,
+                                   generator=torch.Generator().manual_seed(seed))
+        counts[0, neg.image_rows, neg.text_for_image] += 1
+        counts[1, neg.text_rows, neg.image_for_text] += 1
+    for direction, sim in enumerate((sim_i2t, sim_t2i)):
+        weights = (sim.exp() * allowed / (sim.exp() * allowed).sum(1, keepdim=True) + HARD_NEGATIVE_EPS) * allowed
+        expected = weights / weights.sum(1, keepdim=True)
+        freq = counts[direction] / draws
+        # 5 binomial standard deviations per cell (+ a floor for p ~ 0): a chance failure is ~1e-6 per cell.
+        bound = 5 * (expected * (1 - expected) / draws).sqrt() + 1e-3
+        assert ((freq - expected).abs() <= bound).all(), (direction, freq, expected)
+        assert (freq[~allowed] == 0).all()
 
 
 def test_duplicate_ids_are_excluded_and_lonely_rows_skipped() -> None:
