@@ -1,12 +1,9 @@
 """The training loop on DeepSpeed. Knows stages only through the Stage contract (stages/base.py)."""
 from __future__ import annotations
 
-import json
 import logging
 import math
-import os
 import random
-import shutil
 import signal
 from contextlib import nullcontext, suppress
 from pathlib import Path
@@ -16,25 +13,24 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 
+from internvl_train.config import ConfigError
 from internvl_train.engine import distributed as D
 from internvl_train.engine.compat import install_deepspeed_compat
-from internvl_train.config import ConfigError
-from internvl_train.engine.checkpoint import (STATE_FILE, TMP_PREFIX, CheckpointManager, capture_rng_state,
-                                              restore_rng_state)
+from internvl_train.engine.checkpoint import CheckpointManager, capture_rng_state, restore_rng_state
 from internvl_train.engine.ds_config import build_ds_config
 from internvl_train.engine.freeze import freeze_modules
 from internvl_train.engine.guard import GuardedEngine, NonFiniteCounter, NonFiniteLossError
 from internvl_train.engine.metrics import MetricWindow, peak_tflops_per_device, throughput_metrics
 from internvl_train.engine.optim import build_optimizer, build_param_groups
 from internvl_train.engine.run_identity import check_resumable, config_hash, identity_config
+from internvl_train.engine.run_outputs import (EXPORT_DIR, RESULTS_FILE, append_results, export_done,
+                                               finished_results, recorded_results, write_export)
 from internvl_train.engine.schedule import apply_lr, trainer_lr_at
 from internvl_train.engine.signals import EXIT_PREEMPTED, Interrupted, StopSignals, exit_code_for
 from internvl_train.engine.tracking import METRICS_FILE, Tracker, drop_rows_after
 from internvl_train.stages.base import DistInfo, Stage
 
 log = logging.getLogger("internvl_train.engine")
-RESULTS_FILE = "results.jsonl"
-EXPORT_DIR = "export"
 
 
 def seed_everything(seed: int) -> None:
@@ -272,36 +268,24 @@ class Trainer:
         if self.last_saved_step != self.step:
             self._save()
         self.phase = "the final evaluation"
-        results = self._recorded_results(self.step)
+        results = recorded_results(self.run_dir, self.step)
         if results is None:
             results = self._evaluate(self.tracker)
         self.phase = "the export"
-        if not self._export_dir().is_dir():
+        if not export_done(self.run_dir):
             self._export()
         return results
 
     def _finished_results(self, resume: Path | None) -> dict[str, float] | None:
-        """The final results when the checkpoint to resume is the last step and its evaluation and export
-        exist: the run is complete and a rerun does nothing (no model built, nothing appended)."""
-        if resume is None:
-            return None
-        step = json.loads((resume / STATE_FILE).read_text())["step"]
-        results = self._recorded_results(step) if step >= self.cfg.trainer.max_steps else None
-        if results is None or not self._export_dir().is_dir():
-            return None
-        if self.dist.rank == 0:
-            log.info("run already finished: %s is step %d of trainer.max_steps=%d, its results are in %s and "
-                     "its export in %s; nothing to do (raise trainer.max_steps to train on, or set another "
-                     "run_dir for a new run)", resume, step, self.cfg.trainer.max_steps,
-                     self.run_dir / RESULTS_FILE, self._export_dir())
+        """A complete run (final checkpoint, evaluation and export all there): a rerun says so and does
+        nothing (no model built, nothing appended)."""
+        results = finished_results(self.run_dir, resume, self.cfg.trainer.max_steps)
+        if results is not None and self.dist.rank == 0:
+            log.info("run already finished: %s holds the final step (trainer.max_steps=%d), its results are in "
+                     "%s and its export in %s; nothing to do (raise trainer.max_steps to train on, or set another "
+                     "run_dir for a new run)", resume, self.cfg.trainer.max_steps, self.run_dir / RESULTS_FILE,
+                     self.run_dir / EXPORT_DIR)
         return results
-
-    def _recorded_results(self, step: int) -> dict[str, float] | None:
-        """The evaluation results.jsonl holds for `step` (its last row for that step), else None."""
-        path = self.run_dir / RESULTS_FILE
-        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
-        found = [r for r in rows if r.get("step") == step]
-        return {k: v for k, v in found[-1].items() if k != "step"} if found else None
 
     def _evaluate(self, tracker: Tracker | None) -> dict[str, float]:
         self.engine.eval()
@@ -309,15 +293,11 @@ class Trainer:
             results = self.stage.evaluate(self.engine.module)
         self.engine.train()
         if self.dist.rank == 0 and results:
-            with open(self.run_dir / RESULTS_FILE, "a") as f:
-                f.write(json.dumps({"step": self.step, **results}) + "\n")
+            append_results(self.run_dir, self.step, results)
             log.info("eval at step %d: %s", self.step, results)
         if tracker is not None and results:
             tracker.log({f"eval/{k}": v for k, v in results.items()}, self.step)
         return results
-
-    def _export_dir(self) -> Path:
-        return self.run_dir / EXPORT_DIR
 
     def _export(self) -> None:
         """The stage's export, written beside and renamed into place: `export/` exists only when complete."""
@@ -326,11 +306,7 @@ class Trainer:
         model = self.engine.module
         gather = deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=None) \
             if self.cfg.deepspeed.zero_stage == 3 else nullcontext()
-        final, tmp = self._export_dir(), self.run_dir / f"{TMP_PREFIX}{EXPORT_DIR}"
         with gather:
             if self.dist.rank == 0:
-                shutil.rmtree(tmp, ignore_errors=True)
-                self.stage.export(model, str(tmp))
-                shutil.rmtree(final, ignore_errors=True)
-                os.replace(tmp, final)
+                write_export(self.run_dir, lambda out_dir: self.stage.export(model, out_dir))
         D.barrier()

@@ -50,7 +50,7 @@ def test_rerunning_a_finished_run_says_so_and_appends_nothing(dist, tmp_path, ca
         again = fit(dist, tmp_path)
     assert again == first and result_rows(tmp_path) == rows and len(rows) == 1
     assert CountingStage.builds == builds  # nothing built
-    assert "run already finished" in caplog.text and "step 3 of trainer.max_steps=3" in caplog.text
+    assert "run already finished" in caplog.text and "step_3 holds the final step (trainer.max_steps=3)" in caplog.text
 
 
 def test_a_crash_before_the_export_redoes_the_export_only(dist, tmp_path):
