@@ -33,13 +33,14 @@ from internvl_train.losses.itm import ItmOutput, itm_loss, sample_itm_negatives
 from internvl_train.models.adapters import internvl14b
 from internvl_train.models.builder import build_internvl_g
 from internvl_train.models.checkpoint import save_pretrained
+from internvl_train.models.lora import has_lora, merged_state_dict, without_lora
 from internvl_train.models.text import prepare_caption_inputs
 from internvl_train.stages.base import Stage, StatefulLoader
 from internvl_train.stages.common import (check_prefix_tokens, load_tokenizer, model_dtype, prefix_token_ids,
                                           stable_ids, to_device)
 from internvl_train.stages.config import generative_init_from
 from internvl_train.stages.generative_eval import caption_metrics_on, retrieval_metrics_on
-from internvl_train.stages.generative_lora import add_qllama_lora, has_lora, merged_state_dict, without_lora
+from internvl_train.stages.generative_lora import add_qllama_lora
 
 log = logging.getLogger(__name__)
 

@@ -26,9 +26,10 @@ from internvl_train.models.chat import InternVLChatModel, chat_forward
 from internvl_train.models.chat_builder import build_chat_from_config
 from internvl_train.models.chat_export import export_native, export_official
 from internvl_train.models.chat_generate import ChatPrompter, PromptSettings
+from internvl_train.models.lora import merged_state_dict
 from internvl_train.stages.base import Stage, StatefulLoader
 from internvl_train.stages.common import model_dtype, to_device
-from internvl_train.stages.sft_model import (add_lora_adapters, frozen_parts, load_sft_tokenizer, merged_state_dict,
+from internvl_train.stages.sft_model import (add_lora_adapters, frozen_parts, load_sft_tokenizer,
                                              resolve_text_tower_source, resolve_vision_init)
 
 log = logging.getLogger(__name__)

@@ -6,7 +6,6 @@ import logging
 import os
 from typing import Any, Optional
 
-import torch
 from torch import nn
 
 from internvl_train.config import ConfigError
@@ -127,19 +126,3 @@ def _non_adapter_modules(module: nn.Module) -> list[nn.Module]:
             if "lora_" not in name and any(True for _ in m.parameters(recurse=False))]
 
 
-@torch.no_grad()
-def merged_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The model's state with every LoRA adapter merged into its base weight, under the plain names
-    (`...q_proj.weight`), so exports load without peft."""
-    from peft.tuners.lora import LoraLayer
-
-    state = dict(model.state_dict())
-    for name, module in model.named_modules():
-        if not isinstance(module, LoraLayer):
-            continue
-        weight = state.pop(f"{name}.base_layer.weight")
-        delta = sum(module.get_delta_weight(a) for a in module.active_adapters if a in module.lora_A)
-        state[f"{name}.weight"] = (weight.float() + delta.float()).to(weight.dtype)
-        if f"{name}.base_layer.bias" in state:
-            state[f"{name}.bias"] = state.pop(f"{name}.base_layer.bias")
-    return {k: v for k, v in state.items() if ".lora_" not in k}
