@@ -63,6 +63,7 @@ class DataConfig:
     num_workers: int = 2
     prefetch_factor: int = 2
     max_image_pixels: int = 50_000_000  # decompression-bomb limit, checked from the header before decoding
+    max_aspect_ratio: float = 50.0  # long side / short side above this: skipped (bounds the resize work)
     eval_sets: List[EvalSetConfig] = field(default_factory=list)
     sft: SftDataConfig = field(default_factory=SftDataConfig)
 
@@ -77,6 +78,8 @@ class DataConfig:
                 raise ConfigError(f"data.{key}", f"must be >= 1, got {getattr(self, key)}")
         if self.num_workers < 0:
             raise ConfigError("data.num_workers", f"must be >= 0, got {self.num_workers}")
+        if not self.max_aspect_ratio >= 1:
+            raise ConfigError("data.max_aspect_ratio", f"must be >= 1, got {self.max_aspect_ratio}")
         if not 0 < self.augment.scale_min <= self.augment.scale_max <= 1:
             raise ConfigError("data.augment", "need 0 < scale_min <= scale_max <= 1")
 

@@ -21,10 +21,10 @@ class PairEvalSet:
     (shards in pattern order, samples in tar order; or CSV rows) belongs to rank i % world_size."""
 
     def __init__(self, cfg: EvalSetConfig, image_size: int, normalization: str, max_image_pixels: int,
-                 rank: int = 0, world_size: int = 1):
+                 rank: int = 0, world_size: int = 1, max_aspect_ratio: float = 50.0):
         self.name, self.cfg = cfg.name, cfg
         self.rank, self.world_size = rank, world_size
-        self.max_image_pixels = max_image_pixels
+        self.max_image_pixels, self.max_aspect_ratio = max_image_pixels, max_aspect_ratio
         self.geometry, self.normalize = build_geometry(image_size), Normalize(normalization)
         self.classnames = _read_lines(cfg.classnames_file) if cfg.classnames_file else None
         self.templates = _read_lines(cfg.templates_file) if cfg.templates_file else None
@@ -42,10 +42,10 @@ class PairEvalSet:
                 if isinstance(entry, BadSample):
                     raise SkipSample(entry.reason)
                 caption, label = caption_and_label(entry)
-                image = decode_image(image_bytes(entry), self.max_image_pixels)
+                image = decode_image(image_bytes(entry), self.max_image_pixels, max_aspect_ratio=self.max_aspect_ratio)
             except SkipSample as skip:
                 self.skipped[skip.reason] += 1
-                logger.skipped(getattr(entry, "key", None) or entry.get("__key__"), skip.reason)
+                logger.skipped(getattr(entry, "key", None) or entry.get("__key__"), str(skip))
                 continue
             batch.append((to_uint8_tensor(self.geometry(image)), caption, entry["__key__"], label))
             if len(batch) == self.cfg.batch_size:
@@ -94,8 +94,9 @@ def _read_lines(path: str) -> list[str]:
 
 
 def build_pair_eval_set(cfg: EvalSetConfig, image_size: int, normalization: str = "imagenet",
-                        max_image_pixels: int = 50_000_000, rank: int = 0, world_size: int = 1) -> PairEvalSet:
-    return PairEvalSet(cfg, image_size, normalization, max_image_pixels, rank, world_size)
+                        max_image_pixels: int = 50_000_000, rank: int = 0, world_size: int = 1,
+                        max_aspect_ratio: float = 50.0) -> PairEvalSet:
+    return PairEvalSet(cfg, image_size, normalization, max_image_pixels, rank, world_size, max_aspect_ratio)
 
 
 def build_pair_eval_sets(cfg: DataConfig, rank: int = 0, world_size: int = 1,
@@ -107,5 +108,5 @@ def build_pair_eval_sets(cfg: DataConfig, rank: int = 0, world_size: int = 1,
     if cfg.demo:
         cfg = resolve_demo(cfg)
     return {e.name: build_pair_eval_set(e, cfg.image_size, cfg.normalization, cfg.max_image_pixels, rank,
-                                        world_size)
+                                        world_size, cfg.max_aspect_ratio)
             for e in cfg.eval_sets if names is None or e.name in names}

@@ -119,7 +119,7 @@ def build_pair_loader(cfg: DataConfig, rank: int, world_size: int, micro_batch_s
         shards=shards, counts=counts, sources=tuple(tuple(u) for u in sources),
         weights=tuple(float(s.weight) for s in cfg.sources), resampled=cfg.resampled, seed=seed, rank=rank,
         world_size=world_size, num_workers=workers, batch_size=micro_batch_size, chunk_size=cfg.shuffle_buffer,
-        max_pixels=cfg.max_image_pixels, augment_seeded=augmenting,
+        max_pixels=cfg.max_image_pixels, max_aspect_ratio=cfg.max_aspect_ratio, augment_seeded=augmenting,
         geometry=build_geometry(cfg.image_size, cfg.augment, train=True), normalization=cfg.normalization,
         draft_size=None if cfg.augment.random_resized_crop else cfg.image_size)
     return PairLoader(spec, cfg.prefetch_factor, use_processes=cfg.num_workers > 0)

@@ -4,9 +4,15 @@ Epoch mode: the shards are shuffled per epoch with a seed shared by all ranks an
 virtual sequence of N samples (counts from the `_stats.json` sidecars). Every rank gets `batches_per_rank`
 = (N // world_size) // batch_size batches, i.e. the same number on every rank, so no rank waits at the
 epoch end; the last N - world_size * batches_per_rank * batch_size samples of the sequence (fewer than one
-global batch; different samples each epoch) are dropped. Rank r reads a contiguous range of the sequence,
-split between its workers in whole batches. A worker that loses samples to bad data reads on past the end
-of its range (wrapping around) so that every batch is full; those extra reads are counted as borrowed.
+global batch; different samples each epoch) are not trained on, but each worker inspects a slice of that
+tail at the start of the epoch so that every bad sample is counted once per epoch whatever the shard order.
+Rank r reads a contiguous range of the sequence, split between its workers in whole batches. The dataloader
+takes batches from its workers round-robin without regard to epochs, so the rank's batch g (counted from
+the start of training) always comes from worker g % num_workers, and the split of epoch e follows that:
+worker w gets the batches g in [e*B, (e+1)*B) with g % num_workers == w. When B does not divide by the
+workers, a worker's share therefore changes from epoch to epoch, and every epoch is still exactly once.
+A worker that loses samples to bad data reads on past the end of its range (wrapping around) so that every
+batch is full; those extra reads are counted as borrowed.
 
 Each worker reads its positions in chunks of `chunk_size` (the shuffle buffer) and visits a chunk in a
 random order seeded by (seed, epoch, rank, worker, chunk). A stream position is therefore (chunk,
@@ -51,17 +57,35 @@ def epoch_layout(shards: Sequence[str], counts: Sequence[int], seed: int, epoch:
     return EpochLayout(tuple(shards[i] for i in order), tuple(offsets), batches)
 
 
-def worker_batches(batches_per_rank: int, num_workers: int, worker: int) -> int:
-    """Batches worker `worker` produces per epoch (the rank's batches dealt out as evenly as possible)."""
-    return batches_per_rank // num_workers + (worker < batches_per_rank % num_workers)
+def worker_batches(batches_per_rank: int, num_workers: int, worker: int, epoch: int = 0) -> int:
+    """Batches worker `worker` produces in `epoch`: the rank's batches g in [epoch*B, (epoch+1)*B) with
+    g % num_workers == worker (the dataloader's round-robin)."""
+    return batches_per_rank // num_workers + (_turn(batches_per_rank, num_workers, worker, epoch)
+                                              < batches_per_rank % num_workers)
+
+
+def _turn(batches_per_rank: int, num_workers: int, worker: int, epoch: int) -> int:
+    """Rank of `worker` in the dealing order of `epoch` (0 = the worker that yields the epoch's first batch)."""
+    return (worker - epoch * batches_per_rank) % num_workers
 
 
 def worker_range(layout: EpochLayout, rank: int, num_workers: int, worker: int,
-                 batch_size: int) -> tuple[int, int]:
-    """[start, end) of the virtual sequence that is this worker's own share of the epoch."""
-    start = rank * layout.batches_per_rank * batch_size
-    start += batch_size * sum(worker_batches(layout.batches_per_rank, num_workers, v) for v in range(worker))
-    return start, start + batch_size * worker_batches(layout.batches_per_rank, num_workers, worker)
+                 batch_size: int, epoch: int = 0) -> tuple[int, int]:
+    """[start, end) of the virtual sequence that is this worker's own share of `epoch` (the workers' shares
+    are laid end to end in the epoch's dealing order)."""
+    b, turn = layout.batches_per_rank, _turn(layout.batches_per_rank, num_workers, worker, epoch)
+    before = turn * (b // num_workers) + min(turn, b % num_workers)
+    start = (rank * b + before) * batch_size
+    return start, start + batch_size * worker_batches(b, num_workers, worker, epoch)
+
+
+def tail_range(layout: EpochLayout, rank: int, world_size: int, num_workers: int, worker: int,
+               batch_size: int) -> tuple[int, int]:
+    """[start, end) of the dropped tail (positions after the last rank's range) that this worker inspects
+    (decodes only to count bad samples) at the start of the epoch; the tail is split evenly."""
+    lo = world_size * layout.batches_per_rank * batch_size
+    size, parts, part = layout.total - lo, world_size * num_workers, rank * num_workers + worker
+    return lo + size * part // parts, lo + size * (part + 1) // parts
 
 
 def epoch_chunk(layout: EpochLayout, own: tuple[int, int], chunk: int, chunk_size: int) -> list[Piece]:

@@ -46,6 +46,7 @@ class StreamSpec:
     normalization: str
     augment_seeded: bool  # reseed torch per sample so random augmentation replays exactly on resume
     draft_size: Optional[int] = None
+    max_aspect_ratio: float = 50.0
 
 
 @dataclass
@@ -74,7 +75,8 @@ class RateLimitedLog:
         self.interval, self.last, self.pending = interval, float("-inf"), Counter()
 
     def skipped(self, key: str, reason: str) -> None:
-        self.pending[reason] += 1
+        """`reason`: the counter name, optionally followed by ": detail"."""
+        self.pending[reason.split(":", 1)[0]] += 1
         now = time.monotonic()
         if now - self.last >= self.interval:
             log.warning("data: skipped %s (latest: %s, %s)", dict(self.pending), key, reason)
@@ -97,24 +99,36 @@ class PairStream(IterableDataset):
         yield from _batches(self.spec, worker, start, chunks(self.spec, worker, start))
 
 
-def _epoch_chunks(spec: StreamSpec, worker: int, start: Position) -> Iterator[tuple[Position, list[Entry], bool]]:
-    """(position of the chunk, its entries, whether it lies in the worker's own range), endlessly."""
+OWN, BORROWED, INSPECT = "own", "borrowed", "inspect"  # the role of a chunk (see _epoch_chunks)
+Chunk = tuple[Position, list[Entry], str]
+
+
+def _epoch_chunks(spec: StreamSpec, worker: int, start: Position) -> Iterator[Chunk]:
+    """(position of the chunk, its entries, role), endlessly. Per epoch: first the worker's slice of the
+    dropped tail (INSPECT: decoded only to count bad samples; not repeated by a resume inside the epoch),
+    then its own range in chunks (OWN), then, only if bad data made it run short, the positions after it
+    (BORROWED). Sending "epoch_done" moves to the next epoch."""
     epoch, chunk = start.epoch, start.chunk
+    fresh = start == Position(start.epoch)
     while True:
         layout = plan.epoch_layout(spec.shards, spec.counts, spec.seed, epoch, spec.world_size, spec.batch_size)
-        own = plan.worker_range(layout, spec.rank, spec.num_workers, worker, spec.batch_size)
+        if fresh:
+            lo, hi = plan.tail_range(layout, spec.rank, spec.world_size, spec.num_workers, worker, spec.batch_size)
+            pieces = plan.positions_to_pieces(layout, lo, hi)
+            yield Position(epoch, 0, 0, 0), [e for p in pieces for e in read_samples(p.url, p.start, p.stop)], INSPECT
+        own = plan.worker_range(layout, spec.rank, spec.num_workers, worker, spec.batch_size, epoch)
         own_chunks = -(-(own[1] - own[0]) // spec.chunk_size)
         while True:
             pieces = plan.epoch_chunk(layout, own, chunk, spec.chunk_size)
             entries = [e for p in pieces for e in read_samples(p.url, p.start, p.stop)]
-            status = yield Position(epoch, chunk, 0, 0), entries, chunk < own_chunks
+            status = yield Position(epoch, chunk, 0, 0), entries, OWN if chunk < own_chunks else BORROWED
             chunk += 1
             if status == "epoch_done":
                 break
-        epoch, chunk = epoch + 1, 0
+        epoch, chunk, fresh = epoch + 1, 0, True
 
 
-def _resampled_chunks(spec: StreamSpec, worker: int, start: Position) -> Iterator[tuple[Position, list[Entry], bool]]:
+def _resampled_chunks(spec: StreamSpec, worker: int, start: Position) -> Iterator[Chunk]:
     """Drawn shards, each streamed once and cut into chunks (a resume skips to the chunk's first sample)."""
     draw, chunk = start.epoch, start.chunk
     while True:
@@ -123,30 +137,43 @@ def _resampled_chunks(spec: StreamSpec, worker: int, start: Position) -> Iterato
         while True:
             entries = list(itertools.islice(samples, spec.chunk_size))
             if entries:
-                yield Position(draw, chunk, 0, 0), entries, True
+                yield Position(draw, chunk, 0, 0), entries, OWN
             if len(entries) < spec.chunk_size:
                 break
             chunk += 1
         draw, chunk = draw + 1, 0
 
 
+def _quota(spec: StreamSpec, worker: int, epoch: int) -> Optional[int]:
+    """Batches this worker yields in `epoch` (None: resampled, no epochs)."""
+    if spec.resampled:
+        return None
+    per_rank = plan.epoch_layout(spec.shards, spec.counts, spec.seed, 0, spec.world_size,
+                                 spec.batch_size).batches_per_rank  # the same in every epoch
+    return plan.worker_batches(per_rank, spec.num_workers, worker, epoch)
+
+
 def _batches(spec: StreamSpec, worker: int, start: Position, chunks) -> Iterator[dict[str, Any]]:
+    """Full batches from the chunks. Bad samples are counted where they are owned (OWN, INSPECT chunks), so
+    each is counted once per epoch; one met while borrowing was counted by its owner and is only skipped."""
     acc, logger, normalize = _Accumulator(), RateLimitedLog(), Normalize(spec.normalization)
-    quota = None if spec.resampled else plan.worker_batches(
-        plan.epoch_layout(spec.shards, spec.counts, spec.seed, 0, spec.world_size, spec.batch_size)
-        .batches_per_rank, spec.num_workers, worker)
     batches, consumed_from, status = start.batches, start.consumed, None
     item = next(chunks)
     while True:
-        position, entries, own = item
+        position, entries, role = item
+        if role == INSPECT:
+            _inspect(spec, entries, acc, logger)
+            item = next(chunks)
+            continue
+        quota = _quota(spec, worker, position.epoch)
         order = plan.chunk_order(len(entries), spec.seed, position.epoch, spec.rank, worker, position.chunk)
         for j in range(consumed_from, len(order)):
-            sample = _decode(spec, entries[order[j]], acc, logger, (position, worker, j))
+            sample = _decode(spec, entries[order[j]], acc, logger, (position, worker, j), count=role == OWN)
             if sample is None:
                 _check_streak(acc.streak, spec)
                 continue
             acc.streak.clear()
-            acc.borrowed += not own
+            acc.borrowed += role == BORROWED
             acc.samples.append(sample)
             if len(acc.samples) == spec.batch_size:
                 batches += 1
@@ -161,6 +188,15 @@ def _batches(spec: StreamSpec, worker: int, start: Position, chunks) -> Iterator
         consumed_from = 0
         item = chunks.send(status) if status else next(chunks)
         status = None
+
+
+def _inspect(spec: StreamSpec, entries: list[Entry], acc: _Accumulator, logger: RateLimitedLog) -> None:
+    """Count the bad samples among entries that no batch uses (the dropped tail)."""
+    for entry in entries:
+        try:
+            _checked_parts(spec, entry)
+        except SkipSample as skip:
+            _count(entry, skip, acc, logger)
 
 
 def _check_streak(streak: Counter, spec: StreamSpec) -> None:
@@ -180,21 +216,31 @@ def _transform(spec: StreamSpec, image: Any, where: tuple[Position, int, int]) -
         return to_uint8_tensor(spec.geometry(image))
 
 
+def _checked_parts(spec: StreamSpec, entry: Entry) -> tuple[Any, str, int]:
+    """(RGB image, caption, label) of a raw sample, or SkipSample."""
+    if isinstance(entry, BadSample):
+        raise SkipSample(entry.reason)
+    data = image_bytes(entry)
+    caption, label = caption_and_label(entry)
+    return decode_image(data, spec.max_pixels, spec.draft_size, spec.max_aspect_ratio), caption, label
+
+
 def _decode(spec: StreamSpec, entry: Entry, acc: _Accumulator, logger: RateLimitedLog,
-            where: tuple[Position, int, int]) -> Optional[tuple]:
+            where: tuple[Position, int, int], count: bool = True) -> Optional[tuple]:
     try:
-        if isinstance(entry, BadSample):
-            raise SkipSample(entry.reason)
-        data = image_bytes(entry)
-        caption, label = caption_and_label(entry)
-        image = decode_image(data, spec.max_pixels, spec.draft_size)
+        image, caption, label = _checked_parts(spec, entry)
         return _transform(spec, image, where), caption, entry["__key__"], label
     except SkipSample as skip:
-        key = entry.key if isinstance(entry, BadSample) else entry.get("__key__", "?")
-        acc.skipped[skip.reason] += 1
         acc.streak[skip.reason] += 1
-        logger.skipped(key, skip.reason)
+        if count:
+            _count(entry, skip, acc, logger)
         return None
+
+
+def _count(entry: Entry, skip: SkipSample, acc: _Accumulator, logger: RateLimitedLog) -> None:
+    key = entry.key if isinstance(entry, BadSample) else f"{entry.get('__url__', '?')}#{entry.get('__key__', '?')}"
+    acc.skipped[skip.reason] += 1
+    logger.skipped(key, str(skip))
 
 
 def _collate(acc: _Accumulator, worker: int, position: Position, normalize: Normalize) -> dict[str, Any]:

@@ -26,6 +26,8 @@ from typing import Any, Iterable, Optional, Sequence
 from PIL import Image, UnidentifiedImageError
 from webdataset import TarWriter
 
+from data_pipelines.shards import ALLOWED_IMAGE_FORMATS
+
 IMAGE_SUFFIXES = {".jpg": "jpg", ".jpeg": "jpg", ".png": "png", ".webp": "webp"}
 MANIFEST = "writer_manifest.json"
 
@@ -128,15 +130,18 @@ def _sample(record: dict[str, Any], key: str) -> dict[str, bytes] | str:
     try:
         with open(image_path, "rb") as f:
             data = f.read()
-        with Image.open(image_path) as probe:
-            probe.size  # header parses: a real image
-    except (OSError, UnidentifiedImageError, ValueError):
+        with Image.open(image_path, formats=ALLOWED_IMAGE_FORMATS) as probe:
+            probe.size  # header parses: a real image of a format the loaders decode
+    except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError):
         return "unreadable_image"
     meta = {k: v for k, v in record.items() if k not in ("image", "key")}
     meta.setdefault("source", image_path)
     sample = {"__key__": key, ext: data, "txt": caption.strip().encode(), "json": json.dumps(meta).encode()}
     if record.get("label") is not None and str(record["label"]) != "":
-        sample["cls"] = str(int(record["label"])).encode()
+        try:
+            sample["cls"] = str(int(record["label"])).encode()
+        except (TypeError, ValueError):
+            return "bad_label"
     return sample
 
 

@@ -38,7 +38,8 @@ def build_sft_loader(cfg: SftDataConfig, tokenizer: Any, rank: int, world_size: 
         template=template, system_message=cfg.system_message, num_image_token=num_image_token,
         image_size=image_size, min_tiles=cfg.min_dynamic_patch, max_tiles=cfg.max_dynamic_patch,
         use_thumbnail=cfg.use_thumbnail, dynamic=cfg.dynamic_image_size, max_seq_len=cfg.max_seq_len,
-        max_tiles_per_sample=cfg.max_tiles_per_row)
+        max_tiles_per_sample=cfg.max_tiles_per_row, max_image_pixels=cfg.max_image_pixels,
+        max_aspect_ratio=cfg.max_aspect_ratio)
     meta_path, llava_json, image_root = resolve_sources(cfg)
     return SftLoader(
         open_source(meta_path, llava_json, image_root), ConversationEncoder(tokenizer, settings),

@@ -35,6 +35,8 @@ class SftDataConfig:
     max_dynamic_patch: int = 12
     use_thumbnail: bool = True
     image_size: int = 448
+    max_image_pixels: int = 50_000_000  # decompression-bomb limit, checked from the image header before decoding
+    max_aspect_ratio: float = 50.0  # long side / short side above this: skipped (bounds the resize work)
     num_image_token: int = 0  # <IMG_CONTEXT> tokens per tile; 0 = filled from the model
     heldout_vqa: Optional[str] = None  # JSONL of {question, image, answers} for VQA evaluation
     # exact_match: `answers` are alternatives, any one is right; vqav2: they are 10 human answers (consensus)
@@ -59,7 +61,7 @@ class SftDataConfig:
         if self.loss_reduction not in LOSS_REDUCTIONS:
             raise ConfigError("data.sft.loss_reduction", f"must be one of {LOSS_REDUCTIONS}, got {self.loss_reduction!r}")
         for key in ("max_seq_len", "max_packed_tokens", "max_tiles_per_row", "image_size", "min_dynamic_patch",
-                    "prefetch", "max_consecutive_failures"):
+                    "prefetch", "max_consecutive_failures", "max_image_pixels", "max_aspect_ratio"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"data.sft.{key}", f"must be >= 1, got {getattr(self, key)}")
         if self.max_dynamic_patch < self.min_dynamic_patch:

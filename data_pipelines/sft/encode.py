@@ -16,6 +16,7 @@ from typing import Any, Optional
 import torch
 from PIL import Image
 
+from data_pipelines import decode
 from data_pipelines.sft.source import DatasetSpec
 from data_pipelines.sft.templates import (TEMPLATES, TOKENIZER_TEMPLATE, Piece, TemplateMismatch,
                                           render_with_chat_template)
@@ -67,20 +68,27 @@ class EncoderSettings:
     dynamic: bool
     max_seq_len: int
     max_tiles_per_sample: int
+    max_image_pixels: int = 50_000_000  # checked from the image file's header before decoding
+    max_aspect_ratio: float = 50.0  # long side / short side above this: skipped (bounds the resize work)
 
 
 def parse_turns(record: dict[str, Any]) -> tuple[Optional[str], list[tuple[str, str]]]:
-    """(system message or None, alternating human/gpt turns); a trailing unanswered human turn is dropped."""
+    """(system message or None, alternating human/gpt turns); a trailing unanswered human turn is dropped.
+    Wrong JSON types (conversations not a list of {from, value} objects, a value that is not a string or
+    holds an unpaired surrogate) are bad_conversation."""
     convs = record.get("conversations")
     if not isinstance(convs, list) or not convs:
-        raise SkipSample("bad_conversation", "no conversations list")
+        raise SkipSample("bad_conversation", "conversations must be a non-empty list of {from, value} objects")
+    for i, turn in enumerate(convs):
+        if not isinstance(turn, dict) or not _is_text(turn.get("value")):
+            raise SkipSample("bad_conversation", f"turn {i} must be an object whose value is a UTF-8 string")
     system = None
     if convs[0].get("from") == "system":
-        system, convs = str(convs[0].get("value", "")), convs[1:]
+        system, convs = convs[0]["value"], convs[1:]
     turns = []
     for i, turn in enumerate(convs):
         role = _ROLES.get(str(turn.get("from")))
-        if role != ("human" if i % 2 == 0 else "gpt") or not isinstance(turn.get("value"), str):
+        if role != ("human" if i % 2 == 0 else "gpt"):
             raise SkipSample("bad_conversation", f"turn {i} must be {'human' if i % 2 == 0 else 'gpt'} text")
         turns.append((role, turn["value"]))
     if len(turns) % 2:
@@ -88,6 +96,17 @@ def parse_turns(record: dict[str, Any]) -> tuple[Optional[str], list[tuple[str, 
     if not turns:
         raise SkipSample("bad_conversation", "no answered human turn")
     return system, turns
+
+
+def _is_text(value: Any) -> bool:
+    """A str the tokenizer accepts (JSON may carry unpaired surrogates such as "\\ud800": not UTF-8)."""
+    if not isinstance(value, str):
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def place_image_tokens(turns: list[tuple[str, str]], num_images: int) -> list[tuple[str, str]]:
@@ -105,19 +124,58 @@ def place_image_tokens(turns: list[tuple[str, str]], num_images: int) -> list[tu
     return [(role, text.replace(IMAGE_PLACEHOLDER, block)) for role, text in turns]
 
 
-def load_images(record: dict[str, Any], spec: DatasetSpec) -> list[Image.Image]:
+@dataclass(frozen=True)
+class ImageRef:
+    """An image file whose header passed the checks; decoded only if its exchange is kept."""
+
+    path: str
+    width: int
+    height: int
+
+
+_IMAGE_REASONS = {"corrupt_image": "bad_image", "truncated_image": "bad_image"}  # SFT's historical name
+
+
+def image_paths(record: dict[str, Any]) -> list[str]:
+    """The record's `image`: absent/None, a path, or a list of paths; anything else is bad_record."""
     paths = record.get("image")
     if paths is None:
         return []
-    paths = [paths] if isinstance(paths, str) else paths
-    images = []
-    for p in paths:
+    if isinstance(paths, str):
+        return [paths]
+    if isinstance(paths, list) and all(isinstance(p, str) for p in paths):
+        return paths
+    raise SkipSample("bad_record", f"image must be a path or a list of paths, got {type(paths).__name__}")
+
+
+def load_images(record: dict[str, Any], spec: DatasetSpec, max_pixels: int = 50_000_000,
+                max_aspect_ratio: float = 50.0) -> list[ImageRef]:
+    """Open each image's header (allowed formats only), check pixel count and aspect ratio; no pixel
+    is decoded here."""
+    refs = []
+    for p in image_paths(record):
+        path = os.path.join(spec.root, p)
         try:
-            with Image.open(os.path.join(spec.root, p)) as im:
-                images.append(im.convert("RGB"))
-        except (OSError, ValueError, TypeError) as e:
-            raise SkipSample("bad_image", f"{p}: {e}") from e
-    return images
+            with decode.open_image(path, max_pixels, max_aspect_ratio) as im:
+                refs.append(ImageRef(path, im.width, im.height))
+        except decode.SkipSample as e:
+            raise _image_skip(p, e) from None
+    return refs
+
+
+def decode_image_file(ref: ImageRef, max_pixels: int, max_aspect_ratio: float) -> Image.Image:
+    """The RGB pixels of a checked image (checked again: the file may have changed since)."""
+    try:
+        with open(ref.path, "rb") as f:  # our handle: closing it leaves the decoded image intact
+            return decode.load_rgb(decode.open_image(f, max_pixels, max_aspect_ratio))
+    except OSError as e:
+        raise SkipSample("bad_image", f"{ref.path}: {e}") from None
+    except decode.SkipSample as e:
+        raise _image_skip(ref.path, e) from None
+
+
+def _image_skip(path: str, e: "decode.SkipSample") -> SkipSample:
+    return SkipSample(_IMAGE_REASONS.get(e.reason, e.reason), f"{path}: {e}")
 
 
 class ConversationEncoder:
@@ -163,8 +221,10 @@ class ConversationEncoder:
     def encode(self, record: dict[str, Any], spec: DatasetSpec) -> EncodedSample:
         if self.bad_markers:
             raise TemplateMismatch("marker_not_single_token", f"{self.bad_markers} are not single tokens")
+        if not isinstance(record, dict):
+            raise SkipSample("bad_record", "not a JSON object")
         system, turns = parse_turns(record)
-        images = load_images(record, spec)
+        images = load_images(record, spec, self.s.max_image_pixels, self.s.max_aspect_ratio)
         turns = place_image_tokens(turns, len(images))
         tiles = self._tiles_per_image(images, spec)
         pieces = self.render(system, turns)
@@ -188,15 +248,16 @@ class ConversationEncoder:
     def _max_tiles(self, spec: DatasetSpec, num_images: int) -> int:
         return tiles_per_image(spec.max_dynamic_patch or self.s.max_tiles, num_images)
 
-    def _tiles_per_image(self, images: list[Image.Image], spec: DatasetSpec) -> list[int]:
+    def _tiles_per_image(self, images: list[ImageRef], spec: DatasetSpec) -> list[int]:
         if not self.s.dynamic:
             return [1] * len(images)
         hi = self._max_tiles(spec, len(images))
         lo = min(self.s.min_tiles, hi)
         return [num_tiles_for(im.width, im.height, lo, hi, self.s.image_size, self.s.use_thumbnail) for im in images]
 
-    def _tiles(self, image: Image.Image, planned: int, num_images: int, spec: DatasetSpec) -> torch.Tensor:
+    def _tiles(self, ref: ImageRef, planned: int, num_images: int, spec: DatasetSpec) -> torch.Tensor:
         hi = self._max_tiles(spec, num_images)
+        image = decode_image_file(ref, self.s.max_image_pixels, self.s.max_aspect_ratio)
         out = image_to_tiles(image, self.transform, min(self.s.min_tiles, hi), hi, self.s.image_size,
                              self.s.use_thumbnail, dynamic=self.s.dynamic)
         assert out.shape[0] == planned, "tile count differs from the planned count"

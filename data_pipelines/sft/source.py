@@ -29,30 +29,40 @@ def read_meta(meta_path: str) -> list[DatasetSpec]:
     try:
         with open(meta_path, encoding="utf-8") as f:
             meta = json.load(f)
-    except (OSError, json.JSONDecodeError) as e:
+    except (OSError, ValueError, RecursionError) as e:  # ValueError: bad JSON or not UTF-8
         raise ValueError(f"cannot read SFT meta file {meta_path}: {e}") from e
     if not isinstance(meta, dict) or not meta:
         raise ValueError(f"SFT meta file {meta_path} must be a non-empty JSON object {{name: {{root, annotation}}}}")
     base = os.path.dirname(os.path.abspath(meta_path))
-    specs = []
-    for name, entry in meta.items():
-        missing = [k for k in ("root", "annotation") if k not in entry]
-        if missing:
-            raise ValueError(f"SFT meta file {meta_path}: dataset {name!r} lacks {missing}")
-        specs.append(DatasetSpec(
-            name=name, root=os.path.join(base, entry["root"]), annotation=os.path.join(base, entry["annotation"]),
-            repeat_time=float(entry.get("repeat_time", 1.0)), max_dynamic_patch=entry.get("max_dynamic_patch")))
-    return specs
+    return [_dataset_spec(meta_path, base, name, entry) for name, entry in meta.items()]
 
 
-def _jsonl_offsets(path: str) -> np.ndarray:
-    offsets, pos = [], 0
+def _dataset_spec(meta_path: str, base: str, name: str, entry: Any) -> DatasetSpec:
+    """One meta entry, type-checked at start-up (a wrong type must not surface as a crash mid-epoch)."""
+    where = f"SFT meta file {meta_path}: dataset {name!r}"
+    if not isinstance(entry, dict):
+        raise ValueError(f"{where} must be an object {{root, annotation, ...}}")
+    missing = [k for k in ("root", "annotation") if not isinstance(entry.get(k), str)]
+    if missing:
+        raise ValueError(f"{where} lacks {missing} (paths as strings)")
+    repeat, patches = entry.get("repeat_time", 1.0), entry.get("max_dynamic_patch")
+    if isinstance(repeat, bool) or not isinstance(repeat, (int, float)) or not 0 <= repeat < 1e6:
+        raise ValueError(f"{where}: repeat_time must be a number >= 0, got {repeat!r}")
+    if patches is not None and (isinstance(patches, bool) or not isinstance(patches, int) or patches < 1):
+        raise ValueError(f"{where}: max_dynamic_patch must be an integer >= 1, got {patches!r}")
+    return DatasetSpec(name=name, root=os.path.join(base, entry["root"]),
+                       annotation=os.path.join(base, entry["annotation"]), repeat_time=float(repeat),
+                       max_dynamic_patch=patches)
+
+
+def _jsonl_offsets(path: str) -> tuple[np.ndarray, np.ndarray]:
+    """Byte offsets of the non-blank lines, and of the blank ones (to name true line numbers in messages)."""
+    offsets, blanks, pos = [], [], 0
     with open(path, "rb") as f:
         for line in f:
-            if line.strip():
-                offsets.append(pos)
+            (offsets if line.strip() else blanks).append(pos)
             pos += len(line)
-    return np.asarray(offsets, dtype=np.int64)
+    return np.asarray(offsets, dtype=np.int64), np.asarray(blanks, dtype=np.int64)
 
 
 def _repeat(n: int, repeat_time: float, name: str) -> np.ndarray:
@@ -72,6 +82,7 @@ class ConversationSource:
         self.specs = specs
         self._inline = inline  # LLaVA JSON: the parsed list per dataset (it is one JSON document anyway)
         self._offsets: list[np.ndarray] = []
+        self._blanks: list[np.ndarray] = []
         parts = []
         for d, spec in enumerate(specs):
             if inline is not None:
@@ -79,7 +90,9 @@ class ConversationSource:
             else:
                 if not os.path.isfile(spec.annotation):
                     raise ValueError(f"SFT dataset {spec.name!r}: annotation file {spec.annotation} not found")
-                self._offsets.append(_jsonl_offsets(spec.annotation))
+                offsets, blanks = _jsonl_offsets(spec.annotation)
+                self._offsets.append(offsets)
+                self._blanks.append(blanks)
                 n = len(self._offsets[-1])
             lines = _repeat(n, spec.repeat_time, spec.name)
             parts.append(np.stack([np.full_like(lines, d), lines], axis=1))
@@ -92,20 +105,32 @@ class ConversationSource:
         return len(self.index)
 
     def read(self, i: int) -> tuple[dict[str, Any], DatasetSpec]:
-        """The raw record at global index i; raises ValueError on an unparsable line."""
+        """The raw record at global index i; raises ValueError naming the file and line when the line is
+        not UTF-8, not JSON (or nested too deeply to parse), or not a JSON object."""
         d, line = (int(x) for x in self.index[i])
         spec = self.specs[d]
         if self._inline is not None:
-            return self._inline[d][line], spec
+            record = self._inline[d][line]
+            if not isinstance(record, dict):
+                raise ValueError(f"{spec.annotation} record {line}: not a JSON object")
+            return record, spec
         handles = self._local.__dict__.setdefault("handles", {})
         f = handles.get(d) or handles.setdefault(d, open(spec.annotation, "rb"))
-        f.seek(int(self._offsets[d][line]))
+        offset = int(self._offsets[d][line])
+        f.seek(offset)
+        raw = f.readline()
+        where = f"{spec.annotation} line {line + 1 + int(np.searchsorted(self._blanks[d], offset))}"
         try:
-            record = json.loads(f.readline())
+            record = json.loads(raw.decode("utf-8-sig"))  # -sig: a BOM on line 1
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{where}: not UTF-8 ({e.reason} at byte {e.start}); "
+                             "re-encode the file as UTF-8") from None
+        except RecursionError:
+            raise ValueError(f"{where}: JSON nested too deeply to parse") from None
         except json.JSONDecodeError as e:
-            raise ValueError(f"{spec.annotation} line {line}: {e}") from e
+            raise ValueError(f"{where}: {e}") from None
         if not isinstance(record, dict):
-            raise ValueError(f"{spec.annotation} line {line}: not a JSON object")
+            raise ValueError(f"{where}: not a JSON object")
         return record, spec
 
 
@@ -114,8 +139,11 @@ def open_source(meta_path: Optional[str], llava_json: Optional[str], image_root:
         return ConversationSource(read_meta(meta_path))
     if not llava_json:
         raise ValueError("an SFT source needs meta_path or llava_json")
-    with open(llava_json, encoding="utf-8") as f:
-        records = json.load(f)
+    try:
+        with open(llava_json, encoding="utf-8") as f:
+            records = json.load(f)
+    except (OSError, ValueError, RecursionError) as e:  # ValueError: bad JSON or not UTF-8
+        raise ValueError(f"cannot read LLaVA JSON {llava_json}: {e or 'nested too deeply'}") from e
     if not isinstance(records, list):
         raise ValueError(f"LLaVA JSON {llava_json} must be a list of {{image, conversations}} records")
     spec = DatasetSpec(name=os.path.basename(llava_json), root=image_root or "", annotation=llava_json)

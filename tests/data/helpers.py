@@ -4,6 +4,7 @@ from __future__ import annotations
 import io
 import os
 
+import numpy as np
 from PIL import Image
 
 from data_pipelines.config import DataConfig, PairSourceConfig
@@ -15,6 +16,24 @@ def png_bytes(seed: int, size: int = 16) -> bytes:
     out = io.BytesIO()
     image.save(out, format="PNG")
     return out.getvalue()
+
+
+def png_of(image: Image.Image) -> bytes:
+    out = io.BytesIO()
+    image.save(out, format="PNG")
+    return out.getvalue()
+
+
+# A real (tiny) Encapsulated PostScript file: PIL's EPS plugin would render it by running Ghostscript.
+EPS = (b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 8 8\n%%EndComments\n"
+       b"newpath 0 0 moveto 8 8 lineto stroke\nshowpage\n%%EOF\n")
+
+
+def gradient_16bit() -> tuple[bytes, "np.ndarray"]:
+    """A 16-bit greyscale PNG (mode I;16) whose values are v * 257 for v = 0..255 (16 rows): the high byte
+    is v, returned as the expected 8-bit image."""
+    values = np.tile(np.arange(256, dtype=np.uint16), (16, 1))
+    return png_of(Image.fromarray(values * 257)), values.astype(np.uint8)
 
 
 def make_records(folder: str, count: int, start: int = 0) -> list[dict]:

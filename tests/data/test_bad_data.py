@@ -133,3 +133,53 @@ def test_shards_without_usable_samples_stop_with_the_reasons(tmp_path, monkeypat
     loader = build_pair_loader(pair_config(str(tmp_path / "junk-0.tar"), resampled=True), 0, 1, 4, seed=0)
     with pytest.raises(RuntimeError, match="missing_image"):
         next(iter(loader))
+
+
+def _skip_counts(urls: str, seed: int, world: int, workers: int, epochs: int) -> dict[str, float]:
+    total: dict[str, float] = {}
+    for rank in range(world):
+        loader = build_pair_loader(pair_config(urls, max_image_pixels=50 * 50, num_workers=workers), rank, world,
+                                   micro_batch_size=4, seed=seed)
+        for _ in zip(range(epochs * loader.batches_per_epoch), loader):
+            pass
+        for key, value in loader.metrics().items():
+            if key.startswith("data/skipped/"):
+                total[key] = total.get(key, 0.0) + value
+    return total
+
+
+def test_skip_counts_do_not_depend_on_the_seed_or_on_borrowing(bad_dataset):
+    """86 samples over 2 ranks x 10 batches of 4: 6 dropped each epoch, which ones depends on the seed. Every
+    bad sample is counted once per epoch whether it lies in a rank's range, in the dropped tail, or is met
+    again by a worker borrowing to fill its batches."""
+    urls, _, _ = bad_dataset
+    shards, counts = urls.split("::"), [16, 10, 20, 20, 20]
+    seeds = range(6)
+    last = {os.path.basename(epoch_layout(shards, counts, s, e, 2, 4).shards[-1])[:3] for s in seeds for e in (0, 1)}
+    assert {"bad", "tru"} <= last  # some epochs drop part of a bad shard into the tail
+    expected = {k: 2 * v for k, v in _expected().items()}
+    for seed in seeds:
+        assert _skip_counts(urls, seed, world=2, workers=0, epochs=2) == expected, f"seed {seed}"
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:This DataLoader will create:UserWarning")  # 3 workers on a 2-core machine
+def test_skip_counts_exact_with_workers(bad_dataset):
+    urls, _, _ = bad_dataset
+    expected = {k: 3 * v for k, v in _expected().items()}
+    assert _skip_counts(urls, seed=1, world=2, workers=3, epochs=3) == expected
+
+
+@pytest.mark.parametrize("stop_at", [10, 13])  # at the epoch boundary (the tail is inspected next) and inside
+def test_resume_keeps_skip_counts_exact(bad_dataset, stop_at):
+    urls, _, _ = bad_dataset
+    cfg = pair_config(urls, max_image_pixels=50 * 50)
+    for seed, rank in ((0, 0), (9, 1)):  # epochs whose dropped tail holds bad samples of this rank's slice
+        def loader():
+            return build_pair_loader(cfg, rank, 2, micro_batch_size=4, seed=seed)
+        reference, first, resumed = loader(), loader(), loader()
+        keys = [k for _, b in zip(range(20), reference) for k in b["keys"]]
+        head = [k for _, b in zip(range(stop_at), first) for k in b["keys"]]
+        resumed.load_state_dict(first.state_dict())
+        tail = [k for _, b in zip(range(20 - stop_at), resumed) for k in b["keys"]]
+        assert head + tail == keys and resumed.metrics() == reference.metrics(), f"seed {seed}"

@@ -127,3 +127,49 @@ def test_augmentation_leaves_the_callers_rng_alone(uneven_shards):
     torch.manual_seed(123)
     take(build_pair_loader(cfg, 0, 1, 4, seed=0), 3)
     assert torch.equal(torch.rand(3), expected)
+
+
+def test_epoch_split_is_a_partition_following_the_round_robin():
+    from data_pipelines.plan import epoch_layout, tail_range, worker_batches, worker_range
+
+    shards, counts = [f"s{i}" for i in range(5)], [7, 13, 2, 21, 9]  # 52 samples
+    for world, workers, batch in ((2, 3, 3), (3, 2, 2), (1, 4, 5), (2, 3, 4)):
+        for epoch in range(5):
+            layout = epoch_layout(shards, counts, 0, epoch, world, batch)
+            b = layout.batches_per_rank
+            ranges = [worker_range(layout, r, workers, w, batch, epoch) for r in range(world) for w in range(workers)]
+            ranges += [tail_range(layout, r, world, workers, w, batch) for r in range(world) for w in range(workers)]
+            covered = sorted(p for lo, hi in ranges for p in range(lo, hi))
+            assert covered == list(range(layout.total)), (world, workers, batch, epoch)
+            for w in range(workers):  # the dataloader hands batch g of the rank to worker g % workers
+                expected = sum(1 for g in range(epoch * b, (epoch + 1) * b) if g % workers == w)
+                assert worker_batches(b, workers, w, epoch) == expected
+
+
+def _epochs_exactly_once(per_rank: list[list[str]], per_epoch: int, epochs: int, total: int) -> None:
+    for epoch in range(epochs):
+        keys = [k for keys in per_rank for k in keys[epoch * per_epoch:(epoch + 1) * per_epoch]]
+        assert len(keys) == len(set(keys)), f"epoch {epoch}: duplicates"
+        assert total - len(keys) < len(per_rank) * 5, f"epoch {epoch}: samples unseen"
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:This DataLoader will create:UserWarning")  # 3 workers on a 2-core machine
+def test_exactly_once_every_epoch_with_uneven_batches_per_worker(uneven_shards):
+    """2 ranks x 3 real workers, 10 batches per rank per epoch (4/3/3 per worker, rotating): 3 epochs, each
+    sample once per epoch; a loader resumed inside epoch 1 yields the same batches."""
+    urls, total = uneven_shards  # 101 samples: 2 ranks x 10 batches x 5
+    cfg = pair_config(urls, num_workers=3)
+    per_rank = []
+    for rank in range(2):
+        loader = build_pair_loader(cfg, rank=rank, world_size=2, micro_batch_size=5, seed=7)
+        assert loader.batches_per_epoch == 10
+        batches = take(loader, 30)
+        per_rank.append(keys_of(batches))
+        head_loader = build_pair_loader(cfg, rank=rank, world_size=2, micro_batch_size=5, seed=7)
+        head = keys_of(take(head_loader, 13))
+        resumed = build_pair_loader(cfg, rank=rank, world_size=2, micro_batch_size=5, seed=7)
+        resumed.load_state_dict(head_loader.state_dict())
+        assert head + keys_of(take(resumed, 17)) == per_rank[-1]
+    _epochs_exactly_once(per_rank, per_epoch=50, epochs=3, total=total)
+    assert per_rank[0][:50] != per_rank[0][50:100]  # reshuffled between epochs
