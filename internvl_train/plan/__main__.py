@@ -1,0 +1,3 @@
+from internvl_train.plan.cli import main
+
+main()
