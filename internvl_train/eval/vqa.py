@@ -1,15 +1,20 @@
-"""VQA accuracy with the VQAv2 answer normalisation, a majority-answer baseline, and a JSONL results writer.
+"""VQA accuracy: the official VQAv2 metric (answer processing and consensus scoring of the VQA evaluation
+script), plain exact match, a majority-answer baseline, and a JSONL results writer.
 
-Normalisation (after the official VQA evaluation script, simplified): lowercase, thousands commas and
-periods not between digits removed ("1.5" kept), other punctuation -> space, apostrophes dropped then common
-contractions restored ("dont" / "don't" -> "don't"), number words -> digits, articles (a, an, the) dropped.
-Two ways to score a prediction against its list of answers (VQA_METRICS), because lists mean two things:
-- `exact_match`: the answers are alternatives ("gray", "grey"): right when the prediction equals any of them.
-- `vqav2`: the answers are independent human annotations (VQAv2 has 10): the official consensus accuracy, for
-  each reference min(#other references equal to the prediction / 3, 1), averaged over the references (3
-  matches of 10 give 0.9, 4 or more give 1). Scoring a list of alternatives this way is wrong: a prediction
-  matching one of two synonyms would get 1/6.
-With one reference both are exact match.
+Rules from GT-Vision-Lab/VQA, PythonEvaluationTools/vqaEvaluation/vqaEval.py at master a013f00 ("Fixed
+processing answers bug", 2021), re-implemented:
+- prediction and human answers: newlines/tabs -> space, strip;
+- only when the human answers are not all identical: both sides get `process_punctuation` then
+  `process_digit_article` (lowercase, number words -> digits, articles dropped, contractions restored by the
+  official table). When all annotators agree nothing else is done, on purpose (the maintainers: OCR-style
+  answers must stay verbatim), so 'Yes' scores 0 against ten 'yes';
+- score: for each of the n human answers, min(1, #matches among the other n - 1 / 3), averaged (for n = 10,
+  the average over the 10 subsets of 9: 3 matches give 0.9, 4 or more 1).
+Two metrics (VQA_METRICS), because a list of answers means two things:
+- `vqav2`: the answers are independent human annotations; the official score above. With a single answer the
+  official leave-one-out always scores 0; we score exact match instead (our one departure, documented).
+- `exact_match`: the answers are accepted alternatives ("gray", "grey"): 1 when the processed prediction equals
+  any processed answer (both sides always fully processed). Not a standard metric; named apart on purpose.
 """
 from __future__ import annotations
 
@@ -21,24 +26,87 @@ from typing import Iterable, Mapping, Sequence
 
 from data_pipelines.sft.config import VQA_METRICS
 
-_NUMBERS = {"none": "0", "zero": "0", "one": "1", "two": "2", "three": "3", "four": "4", "five": "5", "six": "6",
-            "seven": "7", "eight": "8", "nine": "9", "ten": "10"}
-_ARTICLES = {"a", "an", "the"}
-_CONTRACTIONS = {"dont": "don't", "doesnt": "doesn't", "isnt": "isn't", "arent": "aren't", "cant": "can't",
-                 "wont": "won't", "didnt": "didn't", "wasnt": "wasn't", "werent": "weren't", "im": "i'm",
-                 "ive": "i've", "youre": "you're", "thats": "that's", "whats": "what's", "hes": "he's",
-                 "shes": "she's", "its": "it's", "theyre": "they're", "couldnt": "couldn't", "shouldnt": "shouldn't"}
-_PUNCT = re.compile(r"[;/\[\]\"{}()=+\\_\-><@`,?!*#%^&$~|:]")
-_PERIOD = re.compile(r"(?<!\d)\.(?!\d)")
-_COMMA_NUMBER = re.compile(r"(\d),(\d)")
+# vqaEval.py: self.punct (note: no apostrophe, period, colon, '%', '*', '#', '&', '$' ...)
+_PUNCT = (";", "/", "[", "]", '"', "{", "}", "(", ")", "=", "+", "\\", "_", "-", ">", "<", "@", "`", ",", "?", "!")
+_COMMA_STRIP = re.compile(r"(\d)(,)(\d)")  # vqaEval.commaStrip
+# vqaEval.periodStrip is "(?!<=\d)(\.)(?!\d)": its "(?!<=\d)" is a look-AHEAD that always holds before a
+# '.', so the rule is "a period not followed by a digit"; the official sub() passes re.UNICODE (32) as count.
+_PERIOD_STRIP = re.compile(r"\.(?!\d)")
+_PERIOD_COUNT = 32
+_MANUAL_MAP = {"none": "0", "zero": "0", "one": "1", "two": "2", "three": "3", "four": "4", "five": "5",
+               "six": "6", "seven": "7", "eight": "8", "nine": "9", "ten": "10"}
+_ARTICLES = ("a", "an", "the")
+# vqaEval.contractions verbatim (its capitalised keys never match: words are lowercased before the lookup)
+_CONTRACTIONS = {
+    "aint": "ain't", "arent": "aren't", "cant": "can't", "couldve": "could've", "couldnt": "couldn't",
+    "couldn'tve": "couldn't've", "couldnt've": "couldn't've", "didnt": "didn't", "doesnt": "doesn't", "dont": "don't",
+    "hadnt": "hadn't", "hadnt've": "hadn't've", "hadn'tve": "hadn't've", "hasnt": "hasn't", "havent": "haven't",
+    "hed": "he'd", "hed've": "he'd've", "he'dve": "he'd've", "hes": "he's", "howd": "how'd", "howll": "how'll",
+    "hows": "how's", "Id've": "I'd've", "I'dve": "I'd've", "Im": "I'm", "Ive": "I've", "isnt": "isn't", "itd": "it'd",
+    "itd've": "it'd've", "it'dve": "it'd've", "itll": "it'll", "let's": "let's", "maam": "ma'am", "mightnt": "mightn't",
+    "mightnt've": "mightn't've", "mightn'tve": "mightn't've", "mightve": "might've", "mustnt": "mustn't",
+    "mustve": "must've", "neednt": "needn't", "notve": "not've", "oclock": "o'clock", "oughtnt": "oughtn't",
+    "ow's'at": "'ow's'at", "'ows'at": "'ow's'at", "'ow'sat": "'ow's'at", "shant": "shan't", "shed've": "she'd've",
+    "she'dve": "she'd've", "she's": "she's", "shouldve": "should've", "shouldnt": "shouldn't",
+    "shouldnt've": "shouldn't've", "shouldn'tve": "shouldn't've", "somebody'd": "somebodyd",
+    "somebodyd've": "somebody'd've", "somebody'dve": "somebody'd've", "somebodyll": "somebody'll",
+    "somebodys": "somebody's", "someoned": "someone'd", "someoned've": "someone'd've", "someone'dve": "someone'd've",
+    "someonell": "someone'll", "someones": "someone's", "somethingd": "something'd", "somethingd've": "something'd've",
+    "something'dve": "something'd've", "somethingll": "something'll", "thats": "that's", "thered": "there'd",
+    "thered've": "there'd've", "there'dve": "there'd've", "therere": "there're", "theres": "there's", "theyd": "they'd",
+    "theyd've": "they'd've", "they'dve": "they'd've", "theyll": "they'll", "theyre": "they're", "theyve": "they've",
+    "twas": "'twas", "wasnt": "wasn't", "wed've": "we'd've", "we'dve": "we'd've", "weve": "we've", "werent": "weren't",
+    "whatll": "what'll", "whatre": "what're", "whats": "what's", "whatve": "what've", "whens": "when's",
+    "whered": "where'd", "wheres": "where's", "whereve": "where've", "whod": "who'd", "whod've": "who'd've",
+    "who'dve": "who'd've", "wholl": "who'll", "whos": "who's", "whove": "who've", "whyll": "why'll", "whyre": "why're",
+    "whys": "why's", "wont": "won't", "wouldve": "would've", "wouldnt": "wouldn't", "wouldnt've": "wouldn't've",
+    "wouldn'tve": "wouldn't've", "yall": "y'all", "yall'll": "y'all'll", "y'allll": "y'all'll",
+    "yall'd've": "y'all'd've", "y'alld've": "y'all'd've", "y'all'dve": "y'all'd've", "youd": "you'd",
+    "youd've": "you'd've", "you'dve": "you'd've", "youll": "you'll", "youre": "you're", "youve": "you've",
+}
+
+
+def process_punctuation(text: str) -> str:
+    """vqaEval.processPunctuation: each mark is deleted when it touches a space anywhere in the answer, or when
+    the answer holds a digit-comma-digit ('1,000' -> '1000'); otherwise it becomes a space ('t-shirt' ->
+    't shirt'). Then periods not followed by a digit go ('2.' -> '2', '1.5' kept)."""
+    glue = _COMMA_STRIP.search(text) is not None
+    out = text
+    for mark in _PUNCT:  # the tests look at the original text, the replacements accumulate
+        delete = glue or (mark + " ") in text or (" " + mark) in text
+        out = out.replace(mark, "" if delete else " ")
+    return _PERIOD_STRIP.sub("", out, count=_PERIOD_COUNT)
+
+
+def process_digit_article(text: str) -> str:
+    """vqaEval.processDigitArticle: lowercase, number words -> digits, drop articles, restore contractions."""
+    words = [_MANUAL_MAP.get(w, w) for w in text.lower().split()]
+    return " ".join(_CONTRACTIONS.get(w, w) for w in words if w not in _ARTICLES)
+
+
+def _clean(text: str) -> str:
+    return text.replace("\n", " ").replace("\t", " ").strip()
 
 
 def normalize_answer(answer: str) -> str:
-    """'Two dogs.' -> '2 dogs'; 'The Cat' -> 'cat'; '1,000' -> '1000'; "Don't" / 'dont' -> "don't"."""
-    text = _COMMA_NUMBER.sub(r"\1\2", answer.lower().strip())
-    text = _PUNCT.sub(" ", _PERIOD.sub("", text)).replace("'", "")
-    words = (_NUMBERS.get(w, _CONTRACTIONS.get(w, w)) for w in text.split())
-    return " ".join(w for w in words if w not in _ARTICLES)
+    """The official full processing of an answer: 'Two dogs.' -> '2 dogs'; 'The Cat' -> 'cat';
+    '1,000' -> '1000'; 'dont' -> "don't"; '50%' and "it's" unchanged."""
+    return process_digit_article(process_punctuation(_clean(answer)))
+
+
+def vqav2_accuracy(prediction: str, answers: Sequence[str]) -> float:
+    """Official VQAv2 accuracy in [0, 1] of one prediction against n >= 2 human answers (module docstring)."""
+    pred, gts = _clean(prediction), [_clean(a) for a in answers]
+    if len(set(gts)) > 1:  # vqaEval: processing only when the annotators disagree
+        pred, gts = normalize_answer(pred), [normalize_answer(g) for g in gts]
+    matches = [g == pred for g in gts]
+    total = sum(matches)
+    return sum(min(1.0, (total - m) / 3.0) for m in matches) / len(gts)
+
+
+def exact_match_accuracy(prediction: str, answers: Sequence[str]) -> float:
+    """1.0 when the processed prediction equals any processed answer (answers = accepted alternatives)."""
+    return float(normalize_answer(prediction) in {normalize_answer(a) for a in answers})
 
 
 def vqa_accuracy(prediction: str, references: Sequence[str], metric: str = "vqav2") -> float:
@@ -47,23 +115,21 @@ def vqa_accuracy(prediction: str, references: Sequence[str], metric: str = "vqav
         raise ValueError("vqa_accuracy: a question needs at least one reference answer.")
     if metric not in VQA_METRICS:
         raise ValueError(f"vqa_accuracy: unknown metric {metric!r}; expected one of {VQA_METRICS}.")
-    pred = normalize_answer(prediction)
-    refs = [normalize_answer(r) for r in references]
-    if len(refs) == 1 or metric == "exact_match":
-        return float(pred in refs)
-    matches = [r == pred for r in refs]
-    total = sum(matches)
-    return sum(min((total - m) / 3.0, 1.0) for m in matches) / len(refs)
+    if metric == "exact_match" or len(references) == 1:
+        return exact_match_accuracy(prediction, references)
+    return vqav2_accuracy(prediction, references)
 
 
 def vqa_metrics(predictions: Mapping[str, str], references: Mapping[str, Sequence[str]],
                 metric: str = "vqav2") -> dict[str, float]:
-    """{'vqa_accuracy' (percent), 'n_questions'} over the questions in `references` (all must be answered)."""
+    """{'vqa_accuracy', '<metric>_accuracy' (the same number, named by its metric; percent), 'n_questions'}
+    over the questions in `references` (all must be answered)."""
     missing = sorted(set(references) - set(predictions))[:5]
     if missing or not references:
         raise ValueError(f"vqa_metrics: no prediction for questions {missing}" if missing else "vqa_metrics: no questions.")
     scores = [vqa_accuracy(predictions[q], refs, metric) for q, refs in references.items()]
-    return {"vqa_accuracy": 100.0 * sum(scores) / len(scores), "n_questions": float(len(scores))}
+    accuracy = 100.0 * sum(scores) / len(scores)
+    return {"vqa_accuracy": accuracy, f"{metric}_accuracy": accuracy, "n_questions": float(len(scores))}
 
 
 def majority_answer_baseline(

@@ -40,7 +40,7 @@ def _eval_worker(rank: int, world: int) -> None:
     local = zero_shot_accuracy(images[own], labels[own], classifier, ks=(1, 2))
     both_ranks_all_images = zero_shot_accuracy(images, labels, classifier, ks=(1, 2))  # every image twice
     assert local["n_images"] == 7 and both_ranks_all_images["n_images"] == 14
-    for key in ("top1", "top2", "top1_chance", "top2_chance"):
+    for key in ("top1", "top2", "top1_chance", "top2_chance", "mean_per_class_recall"):
         assert local[key] == pytest.approx(both_ranks_all_images[key])
 
 

@@ -46,7 +46,7 @@ def test_multiple_captions_per_image_best_caption_counts() -> None:
     texts[0, 0] = 0.5  # bad caption of image 0 still mentions it a little
     text_to_image = torch.tensor([0, 0, 1, 2])
     for chunk in (1, 2, 3):
-        m = retrieval_metrics(images, texts, text_to_image, ks=(1, 2), chunk_size=chunk)
+        m = retrieval_metrics(images, texts, text_to_image, ks=(1, 2), chunk_size=chunk, ties="pessimistic")
         # i2t: image 0's best caption (row 1) is top; image 2: captions 3 and 0 both score 1 -> 0 is a
         # non-matching tie counted against -> rank 1
         assert m["i2t_R@1"] == pytest.approx(100 * 2 / 3)
@@ -55,8 +55,8 @@ def test_multiple_captions_per_image_best_caption_counts() -> None:
         assert m["t2i_R@1"] == pytest.approx(75.0)
 
 
-def test_collapsed_embeddings_score_zero_not_perfect() -> None:
-    m = retrieval_metrics(torch.ones(4, 3), torch.ones(4, 3), torch.arange(4), ks=(1,))
+def test_pessimistic_ties_score_collapsed_embeddings_zero() -> None:
+    m = retrieval_metrics(torch.ones(4, 3), torch.ones(4, 3), torch.arange(4), ks=(1,), ties="pessimistic")
     assert m["i2t_R@1"] == 0.0 and m["t2i_R@1"] == 0.0
 
 
@@ -83,7 +83,10 @@ def test_zero_shot_classifier_and_topk() -> None:
     assert (clf[:7].argmax(dim=0) == torch.arange(7)).all()
     images = F.normalize(torch.eye(8)[[0, 1, 2, 3]] + 0.6 * torch.eye(8)[[1, 0, 4, 5]], dim=-1)
     labels = torch.tensor([0, 1, 4, 6])  # correct, correct, 2nd best, absent from the image -> tie-ranked low
-    m = zero_shot_accuracy(images, labels, clf, ks=(1, 2, 5))
+    m = zero_shot_accuracy(images, labels, clf, ks=(1, 2, 5), ties="pessimistic")
     assert m["top1"] == pytest.approx(50.0) and m["top2"] == pytest.approx(75.0)
     assert m["top5"] == pytest.approx(75.0)  # class 6 ties with 4 other zero-score classes: rank 6
     assert m["top1_chance"] == pytest.approx(100 / 7) and m["top5_chance"] == pytest.approx(500 / 7)
+    assert m["mean_per_class_recall"] == pytest.approx(50.0)  # classes 0, 1 right; 4, 6 wrong
+    default = zero_shot_accuracy(images, labels, clf, ks=(1, 2, 5))  # topk: the 5-way tie may fall inside
+    assert default["top1"] == pytest.approx(50.0) and default["top5"] in (75.0, 100.0)
