@@ -178,7 +178,8 @@ def caption_metrics_on(eval_set: Any, model: nn.Module, tokenizer: Any, st: Any,
     prefix = f"{eval_set.name}/caption"
     out = {f"{prefix}/bleu4": ours["bleu4"], f"{prefix}/cider": ours["cider"],
            f"{prefix}/baseline_bleu4": baseline["bleu4"], f"{prefix}/baseline_cider": baseline["cider"],
-           f"{prefix}/n_images": float(len(predictions))}
+           f"{prefix}/n_images": float(len(predictions)),
+           f"{prefix}/ptb_tokenizer": ours["ptb_tokenizer"]}  # 1: pycocoevalcap's PTB (Java), 0: the fallback
     matched, other_image, n_tokens = all_reduce_sum(loss_sums.to(next(model.parameters()).device)).tolist()
     if n_tokens:
         out.update({f"{prefix}/itg_loss": matched / n_tokens, f"{prefix}/itg_loss_other_image": other_image / n_tokens})
