@@ -2,10 +2,14 @@
 
 Rank detection order: torchrun's env (RANK/WORLD_SIZE/LOCAL_RANK), then a SLURM *job step* (srun sets
 SLURM_STEP_ID; the batch shell also carries SLURM_PROCID=0 but is not a task), else one plain process.
+Inside a SLURM step an exported MASTER_ADDR / MASTER_PORT wins (launch/slurm/train.sbatch exports both,
+with its 127.0.0.1 fallback for a first host that does not resolve); only what is missing is derived from
+the job (first host of SLURM_JOB_NODELIST, 15000 + job id mod 20000).
 DeepSpeed always needs a process group, so a plain process gets a world of one on a free local port.
 """
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import subprocess
@@ -17,6 +21,8 @@ import torch
 import torch.distributed as tdist
 
 from internvl_train.stages.base import DistInfo
+
+log = logging.getLogger("internvl_train.engine")
 
 
 @dataclass(frozen=True)
@@ -60,10 +66,10 @@ def detect_launch_env(env: Mapping[str, str] | None = None) -> LaunchEnv:
         return LaunchEnv(int(env["RANK"]), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", 0)),
                          env.get("MASTER_ADDR", "127.0.0.1"), int(env.get("MASTER_PORT", 29500)), "torchrun")
     if "SLURM_STEP_ID" in env and "SLURM_PROCID" in env:
-        port = int(env["MASTER_PORT"]) if "MASTER_PORT" in env else slurm_master_port(env.get("SLURM_JOB_ID"))
+        addr = env.get("MASTER_ADDR") or slurm_master_addr(env.get("SLURM_JOB_NODELIST"))
+        port = int(env["MASTER_PORT"]) if env.get("MASTER_PORT") else slurm_master_port(env.get("SLURM_JOB_ID"))
         return LaunchEnv(int(env["SLURM_PROCID"]), int(env.get("SLURM_NTASKS", 1)),
-                         int(env.get("SLURM_LOCALID", 0)), slurm_master_addr(env.get("SLURM_JOB_NODELIST")),
-                         port, "slurm")
+                         int(env.get("SLURM_LOCALID", 0)), addr, port, "slurm")
     return LaunchEnv(0, 1, 0, "127.0.0.1", find_free_port(), "single")
 
 
@@ -77,6 +83,9 @@ def init_distributed(timeout_s: int) -> DistInfo:
     if use_cuda:
         torch.cuda.set_device(launch.local_rank)
     if not tdist.is_initialized():
+        if launch.world_size > 1:
+            log.info("rank %d of %d (%s), rendezvous on %s:%d", launch.rank, launch.world_size, launch.source,
+                     launch.master_addr, launch.master_port)
         os.environ.update(RANK=str(launch.rank), WORLD_SIZE=str(launch.world_size),
                           LOCAL_RANK=str(launch.local_rank), MASTER_ADDR=launch.master_addr,
                           MASTER_PORT=str(launch.master_port))

@@ -7,9 +7,12 @@ at the next step boundary and exit 75; on start, resume from the checkpoint in r
 run_dir/export/ (what the next stage reads through init_from=).
 
 Arguments: run_dir=DIR steps=N step_s=SECONDS stage=NAME init_from=DIR dist=none|gloo
+preempt_plan=K0,K1,... (the start with SLURM_RESTART_COUNT=r behaves as if preempted after K<r> steps:
+saves and exits 75; starts beyond the list run normally)
 Per rank it writes in run_dir: checkpoint.rank<r>.json (atomic), steps.rank<r>.txt (one line per step
 executed, appended across restarts: repeats or gaps would show there), env.rank<r>.<restart>.json,
-result.rank<r>.json; rank 0 writes export/model.json.
+result.rank<r>.json; rank 0 writes checkpoints/latest (`step_<N>`, as the trainer does: train.sbatch reads it
+to tell progress) and export/model.json.
 """
 from __future__ import annotations
 
@@ -27,7 +30,8 @@ EXIT_PREEMPTED = 75
 
 
 def parse_overrides(argv: list[str]) -> dict[str, str]:
-    args = {"steps": "20", "step_s": "0.1", "stage": "standin", "dist": "none", "init_from": ""}
+    args = {"steps": "20", "step_s": "0.1", "stage": "standin", "dist": "none", "init_from": "",
+            "preempt_plan": ""}
     for item in argv:
         key, sep, value = item.partition("=")
         if not sep:
@@ -80,6 +84,22 @@ def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
+def preempt_after(args: dict[str, str]) -> int | None:
+    """Steps this start runs before acting as if preempted (preempt_plan), None: no such plan."""
+    plan = [int(k) for k in args["preempt_plan"].split(",") if k.strip()]
+    restart = int(os.environ.get("SLURM_RESTART_COUNT", "0"))
+    return plan[restart] if restart < len(plan) else None
+
+
+def save(run_dir: Path, rank: int, state: dict[str, Any]) -> None:
+    write_json_atomic(run_dir / f"checkpoint.rank{rank}.json", state)
+    if rank == 0 and state["step"] > 0:
+        (run_dir / "checkpoints").mkdir(exist_ok=True)
+        tmp = run_dir / "checkpoints" / "latest.tmp"
+        tmp.write_text(f"step_{state['step']}\n")
+        os.replace(tmp, run_dir / "checkpoints" / "latest")
+
+
 def train(args: dict[str, str], ranks: dict[str, Any], run_dir: Path) -> int:
     rank = ranks["rank"]
     stop = {"signal": 0}
@@ -92,11 +112,14 @@ def train(args: dict[str, str], ranks: dict[str, Any], run_dir: Path) -> int:
     ckpt_path = run_dir / f"checkpoint.rank{rank}.json"
     state = json.loads(ckpt_path.read_text()) if ckpt_path.exists() else {"step": 0, "total": 0}
     resumed_from = state["step"]
+    planned = preempt_after(args)
     print(f"standin rank {rank}: start at step {state['step']} (source {ranks['source']})", flush=True)
     with open(run_dir / f"steps.rank{rank}.txt", "a") as steps_log:
         while state["step"] < int(args["steps"]):
+            if planned is not None and state["step"] - resumed_from >= planned:
+                stop["signal"] = stop["signal"] or int(signal.SIGUSR1)
             if stop["signal"]:
-                write_json_atomic(ckpt_path, state)
+                save(run_dir, rank, state)
                 print(f"standin rank {rank}: signal {stop['signal']}, saved step {state['step']}", flush=True)
                 return EXIT_PREEMPTED
             time.sleep(float(args["step_s"]))
@@ -104,7 +127,7 @@ def train(args: dict[str, str], ranks: dict[str, Any], run_dir: Path) -> int:
             state["total"] += state["step"] * (rank + 1)
             steps_log.write(f"{state['step']}\n")
             steps_log.flush()
-    write_json_atomic(ckpt_path, state)
+    save(run_dir, rank, state)
     write_json_atomic(run_dir / f"result.rank{rank}.json", {**state, "resumed_from": resumed_from})
     return 0
 
