@@ -42,6 +42,15 @@ class EvalSetConfig:
     classnames_file: Optional[str] = None
     templates_file: Optional[str] = None
     batch_size: int = 64
+    # Public layouts (docs/evaluation.md, data_pipelines/eval_formats.py): format = csv | shards |
+    # imagenet_folder (root = val/ with one folder per class) | karpathy (annotation = dataset_*.json,
+    # root = image folder, split) | coco_captions (annotation = captions_*.json, root); None = csv/shards.
+    format: Optional[str] = None
+    root: Optional[str] = None
+    annotation: Optional[str] = None
+    split: str = "test"
+    classnames: Optional[str] = None  # a built-in class-name list instead of classnames_file: imagenet
+    templates: Optional[str] = None  # built-in prompts instead of templates_file: openai | simple
 
 
 @dataclass
@@ -138,16 +147,37 @@ def _validate_source(key: str, source: PairSourceConfig, resampled: bool) -> Non
 
 
 def _validate_eval_set(key: str, eval_set: EvalSetConfig) -> None:
+    from data_pipelines.eval_formats import CLASSNAME_SETS, FORMATS, TEMPLATE_SETS
     from internvl_train.config import ConfigError
 
-    if (eval_set.shards is None) == (eval_set.csv is None):
-        raise ConfigError(key, "set exactly one of shards / csv")
-    paths = expand_urls(eval_set.shards) if eval_set.shards else [eval_set.csv]
-    paths += [p for p in (eval_set.classnames_file, eval_set.templates_file) if p]
+    fmt = eval_set.format
+    if fmt is not None and fmt not in FORMATS:
+        raise ConfigError(f"{key}.format", f"{fmt!r} is not one of {FORMATS}")
+    if fmt is None and (eval_set.shards is None) == (eval_set.csv is None):
+        raise ConfigError(key, "set exactly one of shards / csv (or a format: with its root / annotation)")
+    for name in {"csv": ["csv"], "shards": ["shards"], "imagenet_folder": ["root"],
+                 "karpathy": ["annotation", "root"], "coco_captions": ["annotation", "root"]}.get(fmt, []):
+        if getattr(eval_set, name) is None:
+            raise ConfigError(f"{key}.{name}", f"format {fmt} needs {name}")
+    paths = expand_urls(eval_set.shards) if eval_set.shards else [eval_set.csv] if eval_set.csv else []
+    paths += [p for p in (eval_set.annotation, eval_set.classnames_file, eval_set.templates_file) if p]
     for path in paths:
         if not is_remote(path) and not os.path.isfile(path):
             raise ConfigError(key, f"file not found: {path}")
-    if (eval_set.classnames_file is None) != (eval_set.templates_file is None):
-        raise ConfigError(key, "zero-shot needs both classnames_file and templates_file")
+    if eval_set.root is not None and not os.path.isdir(eval_set.root):
+        raise ConfigError(f"{key}.root", f"directory not found: {eval_set.root}")
+    if eval_set.classnames is not None and eval_set.classnames not in CLASSNAME_SETS:
+        raise ConfigError(f"{key}.classnames", f"{eval_set.classnames!r} is not one of {CLASSNAME_SETS}")
+    if eval_set.templates is not None and eval_set.templates not in TEMPLATE_SETS:
+        raise ConfigError(f"{key}.templates", f"{eval_set.templates!r} is not one of {TEMPLATE_SETS}")
+    if eval_set.classnames and eval_set.classnames_file:
+        raise ConfigError(key, "set classnames (a built-in list) or classnames_file, not both")
+    if eval_set.templates and eval_set.templates_file:
+        raise ConfigError(key, "set templates (built-in prompts) or templates_file, not both")
+    has_classes = bool(eval_set.classnames_file or eval_set.classnames or fmt == "imagenet_folder")
+    if eval_set.classnames_file and not (eval_set.templates_file or eval_set.templates):
+        raise ConfigError(key, "zero-shot needs both classnames_file and templates_file (or templates: openai)")
+    if (eval_set.templates_file or eval_set.templates) and not has_classes:
+        raise ConfigError(key, "templates without class names: set classnames_file (or classnames: imagenet)")
     if eval_set.batch_size < 1:
         raise ConfigError(f"{key}.batch_size", f"must be >= 1, got {eval_set.batch_size}")

@@ -9,6 +9,7 @@ from typing import Any, Iterator, Optional
 
 import torch
 
+from data_pipelines import eval_formats as formats
 from data_pipelines.config import DataConfig, EvalSetConfig, expand_urls
 from data_pipelines.decode import (IMAGE_EXTENSIONS, Normalize, SkipSample, build_geometry, caption_and_label,
                                    decode_image, image_bytes, to_uint8_tensor)
@@ -26,28 +27,42 @@ class PairEvalSet:
         self.rank, self.world_size = rank, world_size
         self.max_image_pixels, self.max_aspect_ratio = max_image_pixels, max_aspect_ratio
         self.geometry, self.normalize = build_geometry(image_size), Normalize(normalization)
-        self.classnames = _read_lines(cfg.classnames_file) if cfg.classnames_file else None
-        self.templates = _read_lines(cfg.templates_file) if cfg.templates_file else None
-        if self.templates and not all("{}" in t for t in self.templates):
+        self.format = formats.resolve_format(cfg)
+        self.classnames = _read_lines(cfg.classnames_file) if cfg.classnames_file else \
+            formats.named_classnames(cfg.classnames) if cfg.classnames else None
+        self.templates = _read_lines(cfg.templates_file) if cfg.templates_file else \
+            formats.named_templates(cfg.templates) if cfg.templates else None
+        if cfg.templates_file and not all("{}" in t for t in self.templates):
             raise ValueError(f"{cfg.templates_file}: every template needs a {{}} for the class name")
+        if self.format == "imagenet_folder":
+            self._folders = formats.class_folders(cfg.root)
+            self.classnames = formats.folder_classnames(cfg.root, self._folders, self.classnames)
+            self.templates = self.templates or formats.named_templates("openai")
+        elif self.format in ("karpathy", "coco_captions"):  # parsed (and checked) once, here
+            self._rows = formats.karpathy_rows(cfg.annotation, cfg.root, cfg.split) if self.format == "karpathy" \
+                else formats.coco_caption_rows(cfg.annotation, cfg.root)
         self.skipped: Counter = Counter()
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         self.skipped = Counter()
-        logger, batch = RateLimitedLog(), []
+        logger, batch, last = RateLimitedLog(), [], (None, None)
         for index, entry in enumerate(self._entries()):
             if index % self.world_size != self.rank:
                 continue
             try:
                 if isinstance(entry, BadSample):
                     raise SkipSample(entry.reason)
-                caption, label = caption_and_label(entry)
-                image = decode_image(image_bytes(entry), self.max_image_pixels, max_aspect_ratio=self.max_aspect_ratio)
+                caption, label = caption_and_label(self._with_class_caption(entry))
+                path = entry.get("__path__")  # annotation formats: an image's captions follow each other
+                if path is None or last[0] != path:  # decode it once for all of them
+                    image = decode_image(image_bytes(_with_image(entry)), self.max_image_pixels,
+                                         max_aspect_ratio=self.max_aspect_ratio)
+                    last = (path, to_uint8_tensor(self.geometry(image)))
             except SkipSample as skip:
                 self.skipped[skip.reason] += 1
                 logger.skipped(getattr(entry, "key", None) or entry.get("__key__"), str(skip))
                 continue
-            batch.append((to_uint8_tensor(self.geometry(image)), caption, entry["__key__"], label))
+            batch.append((last[1], caption, entry["__key__"], label))
             if len(batch) == self.cfg.batch_size:
                 yield _collate(batch, self.normalize)
                 batch = []
@@ -58,11 +73,34 @@ class PairEvalSet:
         return {f"data/eval/{self.name}/skipped/{k}": float(v) for k, v in sorted(self.skipped.items())}
 
     def _entries(self) -> Iterator[Any]:
-        if self.cfg.shards:
+        if self.format == "shards":
             for url in expand_urls(self.cfg.shards):
                 yield from read_samples(url, 0, shard_sample_count(url))
-        else:
+        elif self.format == "csv":
             yield from _csv_entries(self.cfg.csv)
+        elif self.format == "imagenet_folder":
+            yield from formats.imagenet_folder_rows(self.cfg.root, self._folders, self.classnames)
+        else:
+            yield from self._rows
+
+    def _with_class_caption(self, entry: dict) -> dict:
+        """A labelled row without caption (an ImageNet-style CSV image,label) is captioned by its class name."""
+        if self.classnames and not (entry.get("txt") or b"").strip() and entry.get("cls") and not entry.get("json"):
+            label = int(entry["cls"]) if entry["cls"].strip().isdigit() else -1
+            if 0 <= label < len(self.classnames):
+                return {**entry, "txt": self.classnames[label].encode()}
+        return entry
+
+
+def _with_image(entry: dict) -> dict:
+    """A row of a folder / annotation format with its image bytes read from `__path__` (this rank's only)."""
+    if "__path__" not in entry:
+        return entry
+    try:
+        with open(entry["__path__"], "rb") as f:
+            return {**entry, "jpg": f.read()}
+    except OSError:
+        raise SkipSample("missing_image", entry["__path__"]) from None
 
 
 def _csv_entries(path: str) -> Iterator[Any]:
