@@ -3,6 +3,7 @@ class names and prompt templates of zero-shot classification when the set has th
 from __future__ import annotations
 
 import csv
+import json
 import os
 from collections import Counter
 from typing import Any, Iterator, Optional
@@ -18,8 +19,9 @@ from data_pipelines.stream import RateLimitedLog
 
 
 class PairEvalSet:
-    """Iterate for {"pixel_values", "captions", "keys", "labels" (-1 = none)} batches. Sample i of the set
-    (shards in pattern order, samples in tar order; or CSV rows) belongs to rank i % world_size."""
+    """Iterate for {"pixel_values", "captions", "keys", "labels" (-1 = none)} batches. Image i of the set
+    (shards in pattern order, samples in tar order; or CSV rows; a run of consecutive rows sharing a key is
+    one image with several captions) belongs to rank i % world_size, with all its caption rows."""
 
     def __init__(self, cfg: EvalSetConfig, image_size: int, normalization: str, max_image_pixels: int,
                  rank: int = 0, world_size: int = 1, max_aspect_ratio: float = 50.0):
@@ -46,14 +48,14 @@ class PairEvalSet:
     def __iter__(self) -> Iterator[dict[str, Any]]:
         self.skipped = Counter()
         logger, batch, last = RateLimitedLog(), [], (None, None)
-        for index, entry in enumerate(self._entries()):
+        for index, entry in _image_indices(self._entries()):
             if index % self.world_size != self.rank:
                 continue
             try:
                 if isinstance(entry, BadSample):
                     raise SkipSample(entry.reason)
                 caption, label = caption_and_label(self._with_class_caption(entry))
-                path = entry.get("__path__")  # annotation formats: an image's captions follow each other
+                path = entry.get("__path__") or entry.get("__image__")  # an image's captions follow each other:
                 if path is None or last[0] != path:  # decode it once for all of them
                     image = decode_image(image_bytes(_with_image(entry)), self.max_image_pixels,
                                          max_aspect_ratio=self.max_aspect_ratio)
@@ -75,7 +77,8 @@ class PairEvalSet:
     def _entries(self) -> Iterator[Any]:
         if self.format == "shards":
             for url in expand_urls(self.cfg.shards):
-                yield from read_samples(url, 0, shard_sample_count(url))
+                for entry in read_samples(url, 0, shard_sample_count(url)):
+                    yield from _caption_rows(entry, url)
         elif self.format == "csv":
             yield from _csv_entries(self.cfg.csv)
         elif self.format == "imagenet_folder":
@@ -90,6 +93,51 @@ class PairEvalSet:
             if 0 <= label < len(self.classnames):
                 return {**entry, "txt": self.classnames[label].encode()}
         return entry
+
+
+def _image_indices(entries: Iterator[Any]) -> Iterator[tuple[int, Any]]:
+    """(image index, row): consecutive rows with the same key are one image, so that ranks split the set by
+    image and each image's captions stay on one rank (one row per image: the row index, as before)."""
+    index, previous = -1, object()
+    for entry in entries:
+        key = entry.key if isinstance(entry, BadSample) else entry.get("__key__")
+        if isinstance(entry, BadSample) or key != previous:
+            index += 1
+        previous = None if isinstance(entry, BadSample) else key
+        yield index, entry
+
+
+def shard_captions(entry: Any) -> Optional[tuple[list, dict]]:
+    """(captions, the rest of the json) for a shard sample whose .json holds several ({"captions": [...]} or
+    "caption": [...]), else None (one caption: .txt or the json string, as for training)."""
+    if isinstance(entry, BadSample) or not entry.get("json"):
+        return None
+    try:
+        meta = json.loads(entry["json"])
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return None  # counted as bad_json when the row is read
+    if not isinstance(meta, dict):
+        return None
+    for name in ("captions", "caption"):
+        if isinstance(meta.get(name), list) and meta[name]:
+            return meta[name], {k: v for k, v in meta.items() if k not in ("captions", "caption")}
+    return None
+
+
+def _caption_rows(entry: Any, url: str) -> Iterator[Any]:
+    """A shard sample with a caption list as one row per caption, sharing its key and image (decoded once);
+    the list wins over .txt (a writer may put its first caption there). Non-strings count as missing_caption."""
+    found = shard_captions(entry)
+    if found is None:
+        yield entry
+        return
+    captions, meta = found
+    rest = {k: v for k, v in entry.items() if k != "txt"}
+    for caption in captions:  # the json keeps its label
+        row = {**rest, "__image__": f"{url}#{entry['__key__']}", "json": json.dumps(meta).encode()}
+        if isinstance(caption, str):
+            row["txt"] = caption.encode("utf-8", errors="replace")
+        yield row
 
 
 def _with_image(entry: dict) -> dict:

@@ -105,14 +105,14 @@ def gather_retrieval_inputs(
     ids = all_gather_cat_uneven(image_ids.long())
     texts = all_gather_cat_uneven(text_emb)
     text_ids = all_gather_cat_uneven(text_image_ids.long())
-    unique_ids, first = _first_occurrence(ids)
+    unique_ids, first = first_occurrence(ids)
     missing = ~torch.isin(text_ids, unique_ids)
     if missing.any():
         raise ValueError(f"gather_retrieval_inputs: captions refer to image ids never embedded: {text_ids[missing][:5].tolist()}")
     return images[first], texts, torch.searchsorted(unique_ids, text_ids)
 
 
-def _first_occurrence(ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def first_occurrence(ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(sorted unique ids, index of the first row holding each)."""
     unique_ids, inverse = torch.unique(ids, sorted=True, return_inverse=True)
     positions = torch.arange(ids.numel(), device=ids.device)

@@ -29,7 +29,7 @@ from internvl_train.stages.base import Stage, StatefulLoader
 from internvl_train.stages.common import (check_prefix_tokens, load_tokenizer, model_dtype, prefix_token_ids,
                                           to_device)
 from internvl_train.stages.config import resolved_text_lm_weight
-from internvl_train.stages.image_text_eval import image_text_metrics
+from internvl_train.stages.image_text_eval import image_text_metrics, log_results_tables
 
 log = logging.getLogger(__name__)
 MAX_SCALE = math.exp(MAX_LOGIT_SCALE)  # 100: temperature never below 1/100
@@ -139,6 +139,7 @@ class ContrastiveStage(Stage):
             encode_images = lambda pixels: model(pixels, task="encode_image")  # noqa: E731 (ZeRO-3: via the module)
             results.update(image_text_metrics(eval_set, {"c": encode_images}, encode_texts,
                                               lambda b: to_device(b, self.dist.device, model_dtype(model))))
+        log_results_tables(results, self.dist.rank)
         return results
 
     def export(self, model: nn.Module, out_dir: str) -> None:

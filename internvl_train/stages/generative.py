@@ -41,6 +41,7 @@ from internvl_train.stages.common import (check_prefix_tokens, load_tokenizer, m
 from internvl_train.stages.config import generative_init_from
 from internvl_train.stages.generative_eval import caption_metrics_on, retrieval_metrics_on
 from internvl_train.stages.generative_lora import add_qllama_lora
+from internvl_train.stages.image_text_eval import log_results_tables
 
 log = logging.getLogger(__name__)
 
@@ -169,6 +170,7 @@ class GenerativeStage(Stage):
             results.update(retrieval_metrics_on(eval_set, model, self.tokenizer, st, self._eval_batch(model)))
             if st.caption_eval_images and st.itg_weight:
                 results.update(caption_metrics_on(eval_set, model, self.tokenizer, st, self._eval_batch(model)))
+        log_results_tables(results, self.dist.rank)
         return results
 
     def _eval_batch(self, model: nn.Module) -> Any:

@@ -16,12 +16,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from internvl_train.eval.captioning import caption_metrics, constant_caption_baseline
+from internvl_train.eval.retrieval import first_occurrence
 from internvl_train.losses.collectives import all_gather_cat_uneven, all_reduce_sum
 from internvl_train.losses.itg import IGNORE_INDEX, itg_labels, next_token_ce
 from internvl_train.models.generation import greedy_captions
 from internvl_train.models.text import prepare_caption_inputs
-from internvl_train.stages.common import prefix_token_ids
-from internvl_train.stages.image_text_eval import image_text_metrics
+from internvl_train.stages.common import prefix_token_ids, stable_ids
+from internvl_train.stages.image_text_eval import first_rows, image_text_metrics
 
 log = logging.getLogger(__name__)
 
@@ -71,51 +72,83 @@ def retrieval_metrics_on(eval_set: Any, model: nn.Module, tokenizer: Any, st: An
 
 # ---- ITM re-ranking ------------------------------------------------------------------------------
 def _embed_for_rerank(eval_set: Any, model: nn.Module, tokenizer: Any, st: Any, prepare: Prepare) -> dict:
-    """Every sample of the set on every rank: G image embedding, ViT tokens, caption ids and embedding."""
-    parts: dict[str, list[torch.Tensor]] = {k: [] for k in ("image", "tokens", "ids", "mask", "text")}
+    """Every image and caption of the set on every rank: per image (encoded once, from its first row) the G
+    embedding, ViT tokens and stable id; per caption its ids, mask, embedding and its image's stable id."""
+    parts: dict[str, list[torch.Tensor]] = {k: [] for k in ("image", "tokens", "image_id", "ids", "mask", "text",
+                                                             "text_image_id")}
+    seen: set = set()
     for batch in eval_set:
         batch = prepare(batch)
-        tokens = model(batch["pixel_values"], task="vision_tokens")
+        rows = first_rows(batch["keys"], seen)
         text = prepare_caption_inputs(tokenizer, batch["captions"], st.caption_prefix, st.max_text_len,
                                       pad_to_max_length=True)
-        ids, mask = text["input_ids"].to(tokens.device), text["attention_mask"].to(tokens.device)
-        parts["image"].append(F.normalize(model(tokens, task="encode_image_g").float(), dim=-1))
+        device = batch["pixel_values"].device
+        ids, mask = text["input_ids"].to(device), text["attention_mask"].to(device)
         parts["text"].append(F.normalize(model(ids, mask, task="encode_text").float(), dim=-1))
-        parts["tokens"].append(tokens)
         parts["ids"].append(ids)
         parts["mask"].append(mask)
-    return {k: all_gather_cat_uneven(torch.cat(v)) for k, v in parts.items()}
+        parts["text_image_id"].append(stable_ids(batch["keys"], device))
+        parts["image_id"].append(parts["text_image_id"][-1][rows])
+        if rows:
+            pixels = batch["pixel_values"] if len(rows) == len(batch["keys"]) else batch["pixel_values"][rows]
+            tokens = model(pixels, task="vision_tokens")
+            parts["image"].append(F.normalize(model(tokens, task="encode_image_g").float(), dim=-1))
+            parts["tokens"].append(tokens)
+    emb = {k: all_gather_cat_uneven(torch.cat(v)) for k, v in parts.items()}
+    # an image whose rows are not consecutive can be met on two ranks: keep its first copy, in set order
+    keep = first_occurrence(emb["image_id"])[1].sort().values
+    emb.update({k: emb[k][keep] for k in ("image", "tokens", "image_id")})
+    emb["text_to_image"] = _text_to_image(emb["image_id"], emb["text_image_id"])
+    return emb
 
 
-def _reranked_rank(scores: torch.Tensor, candidates: torch.Tensor, positive: int) -> int:
-    """Position of `positive` among `candidates` ordered by ITM match score (k when it is not a candidate)."""
-    hits = (candidates == positive).nonzero()
+def _text_to_image(image_ids: torch.Tensor, text_image_ids: torch.Tensor) -> torch.Tensor:
+    """Row of each caption's image among the (unique) image ids."""
+    order = image_ids.argsort()
+    position = torch.searchsorted(image_ids[order], text_image_ids).clamp(max=image_ids.numel() - 1)
+    if not bool((image_ids[order][position] == text_image_ids).all()):
+        raise ValueError("ITM re-ranking: captions refer to image ids never embedded")
+    return order[position]
+
+
+def _reranked_rank(scores: torch.Tensor, candidates: torch.Tensor, positives: torch.Tensor) -> int:
+    """Position of the best-scoring positive among `candidates` ordered by ITM match score (k when no
+    positive is a candidate). `positives`: the query's positive candidate indices (an image's captions)."""
+    hits = torch.isin(candidates, positives).nonzero()
     if hits.numel() == 0:
         return candidates.numel()
-    return int((scores > scores[hits[0, 0]]).sum())
+    return int((scores > scores[hits[:, 0]].max()).sum())
 
 
 def itm_rerank_metrics(eval_set: Any, model: nn.Module, tokenizer: Any, st: Any, prepare: Prepare) -> dict[str, float]:
-    """Recall@k (k <= itm_rerank_k) after re-ranking G's top-k by the ITM head's match probability.
-    Sample i of the set is image i and caption i (one caption per image); queries are split over ranks."""
+    """Recall@k (k <= itm_rerank_k) after re-ranking G's top-k by the ITM head's match probability, as
+    retrieval_metrics counts: an image query is a hit when one of its captions is in the re-ranked top k, a
+    caption query when its image is. Queries are split over ranks."""
     emb = _embed_for_rerank(eval_set, model, tokenizer, st, prepare)
-    n, k = emb["image"].shape[0], min(st.itm_rerank_k, emb["image"].shape[0])
+    text_to_image = emb["text_to_image"]
+    k = min(st.itm_rerank_k, emb["image"].shape[0], emb["text"].shape[0])
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
     sims = {"i2t": emb["image"] @ emb["text"].T, "t2i": emb["text"] @ emb["image"].T}
     ks = [r for r in (1, 5, 10) if r <= k]
     hits = torch.zeros(2, len(ks), dtype=torch.float64)
     for d, (direction, sim) in enumerate(sims.items()):
-        for query in range(rank, n, world):
+        for query in range(rank, sim.shape[0], world):
             candidates = sim[query].topk(k).indices
-            images = candidates if direction == "t2i" else torch.full_like(candidates, query)
-            texts = candidates if direction == "i2t" else torch.full_like(candidates, query)
+            if direction == "i2t":
+                images, texts = torch.full_like(candidates, query), candidates
+                positives = (text_to_image == query).nonzero()[:, 0]
+            else:
+                images, texts = candidates, torch.full_like(candidates, query)
+                positives = text_to_image[query:query + 1]
             width = int(emb["mask"][texts].sum(dim=1).max())
             logits = model(emb["tokens"][images], emb["ids"][texts][:, :width], emb["mask"][texts][:, :width],
                            task="itm_logits")
-            position = _reranked_rank(logits.float().softmax(dim=-1)[:, 1], candidates, query)
+            position = _reranked_rank(logits.float().softmax(dim=-1)[:, 1], candidates, positives)
             hits[d] += torch.tensor([float(position < r) for r in ks], dtype=torch.float64)
-    hits = all_reduce_sum(hits.to(emb["image"].device)).cpu() * 100.0 / n
-    return {f"{direction}_R@{r}": float(hits[d, j]) for d, direction in enumerate(sims) for j, r in enumerate(ks)}
+    hits = all_reduce_sum(hits.to(emb["image"].device)).cpu() * 100.0
+    counts = [sim.shape[0] for sim in sims.values()]
+    return {f"{direction}_R@{r}": float(hits[d, j]) / counts[d] for d, direction in enumerate(sims)
+            for j, r in enumerate(ks)}
 
 
 # ---- captioning ----------------------------------------------------------------------------------
@@ -127,54 +160,86 @@ def _all_gather_dicts(local: dict) -> dict:
     return {k: v for part in parts for k, v in part.items()}
 
 
+def _all_gather_lists(local: dict[str, list]) -> dict[str, list]:
+    """{key: list} of every rank, the lists of one key joined (rank order)."""
+    if not (dist.is_initialized() and dist.get_world_size() > 1):
+        return local
+    parts: list = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, local)
+    merged: dict[str, list] = {}
+    for part in parts:
+        for key, values in part.items():
+            merged.setdefault(key, []).extend(values)
+    return merged
+
+
 def _itg_loss_sums(model: nn.Module, tokens: torch.Tensor, captions: list[str], tokenizer: Any, st: Any,
-                   prefix_len: int) -> torch.Tensor:
-    """[ITG loss summed over the caption tokens with each caption's own image, the same with the next image of
-    the batch (a derangement), supervised token count] in float64; zeros for a batch of one image."""
+                   prefix_len: int, image_of: torch.Tensor | None = None) -> torch.Tensor:
+    """[ITG loss summed over the caption tokens with each caption's own image, the same with the previous image
+    of the batch (a derangement of the images), supervised token count] in float64; zeros for one image.
+    `image_of`: the row of `tokens` of each caption (several captions per image); None: caption i, image i."""
     if tokens.shape[0] < 2:
         return torch.zeros(3, dtype=torch.float64)
     text = prepare_caption_inputs(tokenizer, captions, st.itg_prefix, st.max_text_len)
     ids, mask = text["input_ids"].to(tokens.device), text["attention_mask"].to(tokens.device)
     labels = itg_labels(ids, prefix_len, mask)
-    sums = [next_token_ce(model(images, ids, mask, task="itg_logits"), labels, reduction="sum")
-            for images in (tokens, tokens.roll(1, dims=0))]
+    pairs = (tokens, tokens.roll(1, dims=0)) if image_of is None else \
+        (tokens[image_of], tokens[(image_of - 1) % tokens.shape[0]])
+    sums = [next_token_ce(model(images, ids, mask, task="itg_logits"), labels, reduction="sum") for images in pairs]
     return torch.tensor([float(sums[0]), float(sums[1]), float((labels[:, 1:] != IGNORE_INDEX).sum())],
                         dtype=torch.float64)
 
 
+def _captioned_rows(keys: list[str], seen: set, todo: int) -> tuple[list[int], list[int], list[int]]:
+    """(first row of each of at most `todo` new images, the rows of the batch holding their captions, the
+    index among the former of each such caption's image)."""
+    images = first_rows(keys, seen)[:todo]
+    where = {keys[row]: i for i, row in enumerate(images)}
+    caption_rows = [row for row, key in enumerate(keys) if key in where]
+    return images, caption_rows, [where[keys[row]] for row in caption_rows]
+
+
 @torch.no_grad()
 def caption_metrics_on(eval_set: Any, model: nn.Module, tokenizer: Any, st: Any, prepare: Prepare) -> dict[str, float]:
-    """Greedy captions of the set's first ~st.caption_eval_images images (split over ranks), BLEU-4 and CIDEr
-    against their captions, and the same scores of a trivial baseline: one constant caption for every image,
-    the most frequent caption of the set's other images (of the captioned ones when there are no others).
-    `itg_loss` / `itg_loss_other_image`: mean ITG loss per caption token of those images' reference captions
-    given their own image / another image of the batch; equal when the captioner ignores the image."""
+    """Greedy captions of the set's first ~st.caption_eval_images images (split over ranks, each image
+    captioned once), BLEU-4 and CIDEr against ALL its captions (the set's rows sharing its key), and the same
+    scores of a trivial baseline: one constant caption for every image, the most frequent caption of the set's
+    other images (of the captioned ones when there are no others).
+    `itg_loss` / `itg_loss_other_image`: mean ITG loss per caption token of those images' captions in their
+    batch given their own image / another image of the batch; equal when the captioner ignores the image."""
     world = dist.get_world_size() if dist.is_initialized() else 1
     share = math.ceil(st.caption_eval_images / world)
     predictions: dict[str, str] = {}
-    references: dict[str, list[str]] = {}
-    others: dict[str, str] = {}
+    captions_of: dict[str, list[str]] = {}  # every caption of every image of this rank
+    seen: set = set()
     itg = lambda v, i, m: model(v, i, m, task="itg_logits")  # noqa: E731
     prefix_len = prefix_token_ids(tokenizer, st.itg_prefix).numel()
     loss_sums = torch.zeros(3, dtype=torch.float64)
     for batch in eval_set:
+        for key, caption in zip(batch["keys"], batch["captions"]):
+            captions_of.setdefault(key, []).append(caption)
         todo = share - len(predictions)
-        others.update(zip(batch["keys"][todo:], batch["captions"][todo:]) if todo > 0 else
-                      zip(batch["keys"], batch["captions"]))
         if todo <= 0:
             continue
+        images, caption_rows, image_of = _captioned_rows(batch["keys"], seen, todo)
+        if not images:
+            continue
         batch = prepare(batch)
-        tokens = model(batch["pixel_values"][:todo], task="vision_tokens")
+        prefix = images == list(range(len(images)))  # one caption per image: the slice, as before
+        pixels = batch["pixel_values"][:len(images)] if prefix else batch["pixel_values"][images]
+        tokens = model(pixels, task="vision_tokens")
         captions = greedy_captions(itg, tokenizer, tokens, st.itg_prefix, st.caption_max_new_tokens)
-        loss_sums += _itg_loss_sums(model, tokens, batch["captions"][:todo], tokenizer, st, prefix_len)
-        for key, caption, reference in zip(batch["keys"], captions, batch["captions"]):
-            predictions[key], references[key] = caption, [reference]
-    predictions, references = _all_gather_dicts(predictions), _all_gather_dicts(references)
-    others = _all_gather_dicts(others)
+        one_each = caption_rows == images and prefix
+        loss_sums += _itg_loss_sums(model, tokens, [batch["captions"][r] for r in caption_rows], tokenizer, st,
+                                    prefix_len, None if one_each else torch.tensor(image_of, device=tokens.device))
+        predictions.update(zip((batch["keys"][r] for r in images), captions))
+    predictions, captions_of = _all_gather_dicts(predictions), _all_gather_lists(captions_of)
+    references = {key: captions_of[key] for key in predictions}
+    others = [c for key, caps in captions_of.items() if key not in predictions for c in caps]
     for key in sorted(predictions)[:3]:
         log.info("caption %s: %r (reference %r)", key, predictions[key], references[key][0])
     ours = caption_metrics(predictions, references)
-    baseline = constant_caption_baseline(references, list(others.values()) or None)
+    baseline = constant_caption_baseline(references, others or None)
     prefix = f"{eval_set.name}/caption"
     out = {f"{prefix}/bleu4": ours["bleu4"], f"{prefix}/cider": ours["cider"],
            f"{prefix}/baseline_bleu4": baseline["bleu4"], f"{prefix}/baseline_cider": baseline["cider"],
