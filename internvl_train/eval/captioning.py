@@ -63,7 +63,8 @@ def _tokenized(predictions: Mapping[str, str], references: Mapping[str, Sequence
     if tokenizer == "simple":
         return ({k: [normalize_caption(r) for r in references[k]] for k in keys},
                 {k: [normalize_caption(predictions[k])] for k in keys})
-    both = ptb_tokenize({**{("gt", k): list(references[k]) for k in keys}, **{("res", k): [predictions[k]] for k in keys}})
+    both = ptb_tokenize({**{("gt", k): list(references[k]) for k in keys},
+                         **{("res", k): [predictions[k]] for k in keys}})
     return {k: both[("gt", k)] for k in keys}, {k: both[("res", k)] for k in keys}
 
 
@@ -71,7 +72,8 @@ def _check(predictions: Mapping[str, str], references: Mapping[str, Sequence[str
     missing = sorted(set(references) - set(predictions))[:5]
     extra = sorted(set(predictions) - set(references))[:5]
     if missing or extra:
-        raise ValueError(f"caption_metrics: ids differ between predictions and references (missing {missing}, extra {extra}).")
+        raise ValueError(f"caption_metrics: ids differ between predictions and references (missing {missing}, "
+                         f"extra {extra}).")
     if not references:
         raise ValueError("caption_metrics: nothing to score.")
     if any(len(refs) == 0 for refs in references.values()):

@@ -31,7 +31,8 @@ def read_jsonl_series(path: Path) -> Series:
         row = json.loads(line)
         values = {**{k: v for k, v in row.items() if k != "metrics"}, **(row.get("metrics") or {})}
         for key, value in values.items():
-            if key != "step" and isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+            numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if key != "step" and numeric and math.isfinite(value):
                 series[key].append((int(row.get("step", 0)), float(value)))
     return dict(series)
 

@@ -74,7 +74,8 @@ def retrieval_metrics(
     if ties not in RETRIEVAL_TIES:
         raise ValueError(f"retrieval_metrics: ties must be one of {RETRIEVAL_TIES}, got {ties!r}.")
     text_to_image = text_to_image.to(image_emb.device).long()
-    if text_to_image.shape != (text_emb.shape[0],) or text_to_image.min() < 0 or text_to_image.max() >= image_emb.shape[0]:
+    out_of_range = text_to_image.min() < 0 or text_to_image.max() >= image_emb.shape[0]
+    if text_to_image.shape != (text_emb.shape[0],) or out_of_range:
         raise ValueError(
             f"retrieval_metrics: text_to_image must be [N_txt={text_emb.shape[0]}] row indices into image_emb "
             f"(0..{image_emb.shape[0] - 1}), got shape {tuple(text_to_image.shape)}."
@@ -108,7 +109,8 @@ def gather_retrieval_inputs(
     unique_ids, first = first_occurrence(ids)
     missing = ~torch.isin(text_ids, unique_ids)
     if missing.any():
-        raise ValueError(f"gather_retrieval_inputs: captions refer to image ids never embedded: {text_ids[missing][:5].tolist()}")
+        raise ValueError("gather_retrieval_inputs: captions refer to image ids never embedded: "
+                         f"{text_ids[missing][:5].tolist()}")
     return images[first], texts, torch.searchsorted(unique_ids, text_ids)
 
 

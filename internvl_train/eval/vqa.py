@@ -126,7 +126,8 @@ def vqa_metrics(predictions: Mapping[str, str], references: Mapping[str, Sequenc
     over the questions in `references` (all must be answered)."""
     missing = sorted(set(references) - set(predictions))[:5]
     if missing or not references:
-        raise ValueError(f"vqa_metrics: no prediction for questions {missing}" if missing else "vqa_metrics: no questions.")
+        raise ValueError(f"vqa_metrics: no prediction for questions {missing}" if missing
+                         else "vqa_metrics: no questions.")
     scores = [vqa_accuracy(predictions[q], refs, metric) for q, refs in references.items()]
     accuracy = 100.0 * sum(scores) / len(scores)
     return {"vqa_accuracy": accuracy, f"{metric}_accuracy": accuracy, "n_questions": float(len(scores))}
@@ -156,7 +157,8 @@ def write_vqa_results(path: str | Path, results: Iterable[Mapping[str, object]])
     with tmp.open("w", encoding="utf-8") as f:
         for record in results:
             if "question_id" not in record or "answer" not in record:
-                raise ValueError(f"write_vqa_results: each record needs 'question_id' and 'answer', got {sorted(record)}.")
+                raise ValueError("write_vqa_results: each record needs 'question_id' and 'answer', got "
+                                 f"{sorted(record)}.")
             f.write(json.dumps(dict(record), ensure_ascii=False) + "\n")
             n += 1
     tmp.replace(path)

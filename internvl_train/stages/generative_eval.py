@@ -59,7 +59,8 @@ def _image_encoders(model: nn.Module) -> dict[str, Callable[[torch.Tensor], torc
 
 
 @torch.no_grad()
-def retrieval_metrics_on(eval_set: Any, model: nn.Module, tokenizer: Any, st: Any, prepare: Prepare) -> dict[str, float]:
+def retrieval_metrics_on(eval_set: Any, model: nn.Module, tokenizer: Any, st: Any,
+                         prepare: Prepare) -> dict[str, float]:
     """'<set>/{c,g,cg}/{zeroshot_top1, i2t_R@1, ...}' and, with st.itm_rerank_k, '<set>/g_itm/...'."""
     device = next(model.parameters()).device
     encode_texts = _text_encoder(model, tokenizer, st, device)

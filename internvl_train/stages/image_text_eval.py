@@ -83,7 +83,8 @@ def results_tables(results: Mapping[str, float]) -> dict[str, str]:
     """{task: paper-style markdown table} of a stage's evaluation results, one per task present."""
     tables = {}
     for task, markers in TASKS.items():
-        part = {k: v for k, v in results.items() if any(m in k for m in markers) and not any(n in k for n in _NOT_SHOWN)}
+        part = {k: v for k, v in results.items()
+                if any(m in k for m in markers) and not any(n in k for n in _NOT_SHOWN)}
         if part:
             tables[task] = render_table(rows_by_encoder(part))
     return tables
