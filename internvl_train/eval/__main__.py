@@ -1,16 +1,19 @@
-"""Standalone retrieval / zero-shot evaluation of a stage-1 or stage-2 export, no training config needed.
+"""Standalone evaluation of a stage export, no training config needed: retrieval / zero-shot for a stage-1
+or stage-2 export, VQA for a stage-3 (chat) export.
 
     python -m internvl_train.eval EXPORT_DIR SPEC [SPEC ...] [--out DIR] [--device cuda] [--dtype bfloat16]
 
-EXPORT_DIR: what a stage exports (models.checkpoint.save_pretrained + the tokenizer next to it).
+EXPORT_DIR: what a stage exports (models.checkpoint.save_pretrained + the tokenizer next to it; stage 3: the
+chat export, native or official layout).
 SPEC (docs/evaluation.md, "Evaluating an export on local data"), short forms:
     karpathy:ANNOTATION:IMAGE_ROOT[:SPLIT]      dataset_flickr30k.json / dataset_coco.json (split: test)
     coco_captions:ANNOTATION:IMAGE_ROOT         captions_val2014.json
     imagenet:VAL_DIR                             val/<wnid>/*.JPEG (ImageNet class names, OpenAI prompts)
     csv:FILE   shards:PATTERN
+    vqa:QUESTIONS_JSONL[:IMAGE_ROOT]            stage-3 exports: {question, image, answers} lines
 or key=value pairs, comma-separated, any EvalSetConfig field:
     name=flickr30k_cn,format=karpathy,annotation=/d/cn.json,root=/d/images,split=test,batch_size=32
-Prints one table per task (retrieval, zero-shot) and appends one record to DIR/results.jsonl.
+Prints one table per task (retrieval, zero-shot, VQA) and appends one record to DIR/results.jsonl.
 """
 from __future__ import annotations
 
@@ -25,11 +28,13 @@ import torch
 
 from data_pipelines.config import EvalSetConfig, _validate_eval_set
 from data_pipelines.eval_formats import default_set_name
+from data_pipelines.sft.config import VQA_METRICS
 
 _SHORT = {"karpathy": ("karpathy", ["annotation", "root", "split"]),
           "coco_captions": ("coco_captions", ["annotation", "root"]),
           "imagenet": ("imagenet_folder", ["root"]), "imagenet_folder": ("imagenet_folder", ["root"]),
           "csv": ("csv", ["csv"]), "shards": ("shards", ["shards"])}
+VQA_SPEC = "vqa:"
 _INT_FIELDS = {f.name for f in dataclasses.fields(EvalSetConfig) if f.type in ("int", int)}
 
 
@@ -124,6 +129,31 @@ def task_tables(metrics: dict[str, float], style: str = "markdown") -> dict[str,
     return out
 
 
+def evaluate_vqa_specs(export: str, specs: Sequence[str], metric: str) -> dict[str, float]:
+    """'vqa:QUESTIONS[:IMAGE_ROOT]' specs on a chat export: '<set>/vqa_accuracy', '<set>/majority_baseline', ..."""
+    from internvl_train.eval.vqa_jsonl import evaluate_chat_export, read_questions
+
+    metrics: dict[str, float] = {}
+    for spec in specs:
+        questions, _, image_root = spec[len(VQA_SPEC):].partition(":")
+        name = os.path.splitext(os.path.basename(questions))[0]
+        scores, _ = evaluate_chat_export(export, read_questions(questions, image_root or None), metric)
+        metrics.update({f"{name}/{k}": v for k, v in scores.items()})
+    return metrics
+
+
+def _run_vqa(args: argparse.Namespace, specs: Sequence[str]) -> int:
+    from internvl_train.eval.results import append_results
+    from internvl_train.eval.tables import render_table
+
+    metrics = evaluate_vqa_specs(args.export, specs, args.vqa_metric)
+    shown = {k: v for k, v in metrics.items() if not k.endswith("/n_questions")}
+    print(f"\nVQA\n\n{render_table({'InternVL-Chat': shown}, style=args.style)}")
+    path = append_results(args.out, stage="eval", step=0, metrics=metrics, export=os.path.abspath(args.export))
+    print(f"\nresults appended to {path}")
+    return 0
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     from internvl_train.config import ConfigError
     from internvl_train.eval.results import append_results
@@ -131,7 +161,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     parser = argparse.ArgumentParser(prog="python -m internvl_train.eval", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    parser.add_argument("export", help="a stage-1/2 export directory")
+    parser.add_argument("export", help="a stage export directory (stages 1/2: set specs; stage 3: vqa: specs)")
     parser.add_argument("specs", nargs="+", metavar="SPEC", help="eval sets (see below)")
     parser.add_argument("--out", default=".", help="directory of results.jsonl (default: .)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -142,7 +172,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help="stage.caption_prefix of training (default %(default)r)")
     parser.add_argument("--max-text-len", type=int, default=ContrastiveStageConfig.max_text_len)
     parser.add_argument("--style", default="markdown", choices=["markdown", "plain"])
+    parser.add_argument("--vqa-metric", default="exact_match", choices=VQA_METRICS,
+                        help="vqa: specs: exact_match (answers are alternatives) or vqav2 (10 human answers)")
     args = parser.parse_args(argv)
+    vqa_specs = [spec for spec in args.specs if spec.startswith(VQA_SPEC)]
+    if vqa_specs:
+        if len(vqa_specs) != len(args.specs):
+            parser.exit(2, "error: vqa: specs evaluate a stage-3 export, the others a stage-1/2 export: "
+                           "run them separately\n")
+        return _run_vqa(args, vqa_specs)
     try:
         sets = [parse_spec(spec) for spec in args.specs]
     except (ConfigError, ValueError) as exc:

@@ -35,35 +35,49 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = parse_args(argv)
-    if not (Path(args.model) / "config.json").is_file():
-        raise SystemExit(f"--model {args.model}: no config.json; pass a stage-3 export directory")
-    if not Path(args.questions).is_file():
-        raise SystemExit(f"--questions {args.questions}: no such file")
+def read_questions(questions: str, image_root: Optional[str], limit: int = 0) -> list[dict]:
+    """The benchmark's items; SystemExit naming the file when it cannot be read or its images are missing."""
+    if not Path(questions).is_file():
+        raise SystemExit(f"--questions {questions}: no such file")
     from data_pipelines.sft import read_vqa_jsonl
 
     try:
-        items = read_vqa_jsonl(args.questions, args.image_root)
+        items = read_vqa_jsonl(questions, image_root)
     except (ValueError, json.JSONDecodeError) as e:
-        raise SystemExit(f"--questions {args.questions}: {e}") from None
-    items = items[: args.limit] if args.limit else items
+        raise SystemExit(f"--questions {questions}: {e}") from None
+    items = items[:limit] if limit else items
     missing = [it["image"] for it in items if not Path(it["image"]).is_file()][:3]
     if not items or missing:
-        raise SystemExit(f"--questions {args.questions}: " + (f"images not found: {missing} (set --image-root)"
-                                                              if missing else "no questions"))
+        raise SystemExit(f"--questions {questions}: " + (f"images not found: {missing} (set --image-root)"
+                                                         if missing else "no questions"))
+    return items
+
+
+def evaluate_chat_export(model_dir: str, items: Sequence[dict], metric: str, batch_size: int = 16,
+                         max_new_tokens: int = 16) -> tuple[dict[str, float], list[dict]]:
+    """Greedy answers of a stage-3 export to `items`, with the model's own prompt, template and tiling:
+    (scores, one prediction record per question)."""
+    if not (Path(model_dir) / "config.json").is_file():
+        raise SystemExit(f"--model {model_dir}: no config.json; pass a stage-3 export directory")
     import torch
 
-    from internvl_train.eval.vqa import write_vqa_results
     from internvl_train.eval.vqa_generate import answer_items, prediction_records, score_answers
     from internvl_train.models.chat_generate import load_chat_for_inference
 
-    torch.set_grad_enabled(False)
-    model, prompter = load_chat_for_inference(args.model)
-    answers = answer_items(model, prompter, items, args.batch_size, args.max_new_tokens)
-    out = Path(args.out or f"{args.questions}.predictions.jsonl")
-    write_vqa_results(out, prediction_records(items, answers, args.metric))
-    print(json.dumps(score_answers(items, answers, args.metric), sort_keys=True))
+    with torch.no_grad():
+        model, prompter = load_chat_for_inference(model_dir)
+        answers = answer_items(model, prompter, items, batch_size, max_new_tokens)
+    return score_answers(items, answers, metric), prediction_records(items, answers, metric)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = parse_args(argv)
+    items = read_questions(args.questions, args.image_root, args.limit)
+    scores, records = evaluate_chat_export(args.model, items, args.metric, args.batch_size, args.max_new_tokens)
+    from internvl_train.eval.vqa import write_vqa_results
+
+    write_vqa_results(Path(args.out or f"{args.questions}.predictions.jsonl"), records)
+    print(json.dumps(scores, sort_keys=True))
     return 0
 
 

@@ -64,3 +64,35 @@ def test_evaluator_rejects_a_bad_spec_with_exit_2(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "internvl_train.eval", str(tmp_path), "karpathy:/nope.json:/nope"],
                           cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "file not found: /nope.json" in proc.stderr
+
+
+def test_evaluator_on_a_chat_export_scores_vqa_as_the_stage_does(tmp_path):
+    """vqa: specs on a tiny stage-3 export: the table and results.jsonl carry the same accuracy as scoring the
+    export's own greedy answers (eval.vqa_generate), and a mixed call is refused."""
+    import torch
+    from PIL import Image
+    from sft_helpers import tiny_chat_model
+
+    from internvl_train.eval.vqa_jsonl import evaluate_chat_export, read_questions
+
+    torch.set_num_threads(1)
+    stage, model = tiny_chat_model(tmp_path / "run")
+    export = tmp_path / "export"
+    stage.export(model, str(export))
+    Image.new("RGB", (64, 48), (220, 30, 30)).save(tmp_path / "red.png")
+    questions = tmp_path / "colours.jsonl"
+    questions.write_text("".join(json.dumps({"question": q, "image": "red.png", "answers": a}) + "\n"
+                                 for q, a in (("What color is the shape?", ["red"]), ("Is it blue?", ["no"]))))
+    expected, _ = evaluate_chat_export(str(export), read_questions(str(questions), None), "exact_match")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    run = [sys.executable, "-m", "internvl_train.eval", str(export), f"vqa:{questions}", "--out", str(tmp_path)]
+    proc = subprocess.run(run, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "colours accuracy" in proc.stdout and "InternVL-Chat" in proc.stdout
+    record = json.loads((tmp_path / "results.jsonl").read_text().splitlines()[-1])
+    flat = record.get("metrics", record)
+    assert flat["colours/vqa_accuracy"] == expected["vqa_accuracy"]
+    assert flat["colours/n_questions"] == 2
+    mixed = subprocess.run([*run[:4], f"csv:{questions}", *run[4:]], cwd=tmp_path, env=env, capture_output=True,
+                           text=True)
+    assert mixed.returncode == 2 and "run them separately" in mixed.stderr
