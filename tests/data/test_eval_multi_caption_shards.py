@@ -9,8 +9,7 @@ import tarfile
 from data_pipelines.config import EvalSetConfig
 from data_pipelines.eval_sets import build_pair_eval_set
 from data_pipelines.write_shards import write_shards
-
-from helpers import make_records, png_bytes
+from tests.data.helpers import make_records, png_bytes
 
 
 def rows_of(shards: str, **kw) -> list[tuple[str, str, int]]:

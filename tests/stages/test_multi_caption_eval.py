@@ -3,8 +3,6 @@ each image encoded and captioned once, captioning scored against all its caption
 of an image's captions as its positives. Fake encoders / models: no network, no tokenizer."""
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -19,8 +17,7 @@ from internvl_train.stages import generative_eval
 from internvl_train.stages.common import stable_ids
 from internvl_train.stages.image_text_eval import image_text_metrics
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "data"))
-from test_eval_formats import write_karpathy  # noqa: E402
+from tests.data.test_eval_formats import write_karpathy
 
 N_IMAGES, PER_IMAGE = 4, 5
 
