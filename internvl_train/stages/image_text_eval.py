@@ -75,8 +75,9 @@ def image_text_metrics(eval_set: Any, image_encoders: Mapping[str, EncodeImages]
     return out
 
 
-TASKS = {"retrieval": ("i2t_", "t2i_", "mean_recall"), "zero-shot": ("zeroshot_",), "captioning": ("caption/",)}
-_NOT_SHOWN = ("_chance", "/n_images", "/ptb_tokenizer", "/itg_loss")  # bookkeeping, not paper columns
+TASKS = {"retrieval": ("i2t_", "t2i_", "mean_recall"), "zero-shot": ("zeroshot_",), "captioning": ("caption/",),
+         "VQA": ("vqa_accuracy", "majority_baseline")}
+_NOT_SHOWN = ("_chance", "/n_images", "/n_questions", "/ptb_tokenizer", "/itg_loss")  # bookkeeping, not columns
 
 
 def results_tables(results: Mapping[str, float]) -> dict[str, str]:

@@ -29,6 +29,7 @@ from internvl_train.models.chat_generate import ChatPrompter, PromptSettings
 from internvl_train.models.lora import merged_state_dict
 from internvl_train.stages.base import Stage, StatefulLoader
 from internvl_train.stages.common import model_dtype, to_device
+from internvl_train.stages.image_text_eval import log_results_tables
 from internvl_train.stages.sft_model import (add_lora_adapters, frozen_parts, load_sft_tokenizer,
                                              resolve_text_tower_source, resolve_vision_init)
 
@@ -117,7 +118,9 @@ class SftStage(Stage):
         if self.dist.rank == 0:
             write_vqa_results(Path(self.cfg.run_dir) / "vqa_predictions.jsonl",
                               prediction_records(items, merged, metric))
-        return {f"vqa/{k}": v for k, v in metrics.items()}
+        results = {f"vqa/{k}": v for k, v in metrics.items()}
+        log_results_tables(results, self.dist.rank)
+        return results
 
     def export(self, model: nn.Module, out_dir: str) -> None:
         """Native transformers checkpoint in out_dir (when transformers computes this model) and the

@@ -177,13 +177,15 @@ def test_results_are_logged_as_paper_style_tables_one_per_task(caplog):
 
     results = {"flickr30k/c/i2t_R@1": 80.0, "flickr30k/g/t2i_R@1": 70.0, "flickr30k/c/mean_recall": 75.0,
                "imagenet/c/zeroshot_top1": 60.0, "imagenet/c/zeroshot_top1_chance": 0.1,
-               "coco_caption/caption/cider": 1.2, "coco_caption/caption/n_images": 8.0}
+               "coco_caption/caption/cider": 1.2, "coco_caption/caption/n_images": 8.0,
+               "vqav2/vqa_accuracy": 54.2, "vqav2/majority_baseline": 10.0, "vqav2/n_questions": 500.0}
     with caplog.at_level("INFO", logger="internvl_train.stages.image_text_eval"):
         log_results_tables(results, rank=1)
         assert not caplog.records
         log_results_tables(results)
     tables = {r.getMessage().split(" results:")[0]: r.getMessage() for r in caplog.records}
-    assert set(tables) == {"retrieval", "zero-shot", "captioning"}
+    assert set(tables) == {"retrieval", "zero-shot", "captioning", "VQA"}
+    assert "VQAv2 accuracy" in tables["VQA"] and "54.2" in tables["VQA"] and "n_questions" not in tables["VQA"]
     assert "Flickr30K I->T R@1" in tables["retrieval"] and "Flickr30K T->I R@1" in tables["retrieval"]
     assert "| InternVL-C | 80.0 |" in tables["retrieval"] and "Flickr30K mean recall" in tables["retrieval"]
     assert "ImageNet-1K top-1" in tables["zero-shot"] and "chance" not in tables["zero-shot"]
