@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import importlib.machinery
 import importlib.util
-import io
 import json
 import os
 import sys

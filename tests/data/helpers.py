@@ -8,7 +8,6 @@ import numpy as np
 from PIL import Image
 
 from data_pipelines.config import DataConfig, PairSourceConfig
-from data_pipelines.write_shards import write_shards
 
 
 def png_bytes(seed: int, size: int = 16) -> bytes:

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.distributed as dist
 from open_clip.loss import ClipLoss
 
 from internvl_train.losses.collectives import all_gather_cat
