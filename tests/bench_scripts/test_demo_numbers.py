@@ -1,4 +1,4 @@
-"""bench/demo_numbers.py rewrites the marked demo-number regions of the docs from results.jsonl files: values
+"""bench/demo_numbers rewrites the marked demo-number regions of the docs from results.jsonl files: values
 appear rounded, text outside the markers is untouched, a missing marker is an error that names it. Fast: no
 training, a generated run root."""
 from __future__ import annotations
