@@ -2,20 +2,18 @@
 from __future__ import annotations
 
 import io
-import json
 import os
 import pickle
 import tarfile
 
 import pytest
 from PIL import Image
-from webdataset import TarWriter
 
 from data_pipelines.config import EvalSetConfig
 from data_pipelines.eval_sets import build_pair_eval_set
 from data_pipelines.pairs import build_pair_loader
 from data_pipelines.plan import epoch_layout
-from tests.data.helpers import pair_config, png_bytes
+from tests.data.helpers import pair_config, png_bytes, write_shard
 
 INJECTED = {"corrupt_image": 2, "truncated_image": 3, "missing_caption": 2, "empty_caption": 1,
             "oversized_image": 2, "pickle_member": 1, "missing_image": 1}
@@ -55,21 +53,13 @@ def _bad_samples(marker: str) -> list[dict]:
         dict(good(100 + i), __key__=f"badgood{i:03d}") for i in range(4)]
 
 
-def _write(path: str, samples: list[dict]) -> None:
-    with TarWriter(path, encoder=False) as sink:
-        for s in samples:
-            sink.write(s)
-    with open(path[:-4] + "_stats.json", "w") as f:
-        json.dump({"successes": len(samples)}, f)
-
-
 @pytest.fixture(scope="module")
 def bad_dataset(tmp_path_factory) -> tuple[str, int, str]:
     root = tmp_path_factory.mktemp("bad")
     marker = str(root / "UNPICKLED")
-    _write(str(root / "bad-0.tar"), _bad_samples(marker))
+    write_shard(str(root / "bad-0.tar"), _bad_samples(marker))
     truncated = str(root / "trunc-0.tar")
-    _write(truncated, [{"__key__": f"tr{i:03d}", "png": png_bytes(200 + i), "txt": b"t"} for i in range(10)])
+    write_shard(truncated, [{"__key__": f"tr{i:03d}", "png": png_bytes(200 + i), "txt": b"t"} for i in range(10)])
     with tarfile.open(truncated) as tf:
         cut = next(m for m in tf.getmembers() if m.name == "tr004.png").offset_data + 10
     with open(truncated, "r+b") as f:
@@ -77,7 +67,7 @@ def bad_dataset(tmp_path_factory) -> tuple[str, int, str]:
     goods = []
     for shard in range(3):
         path = str(root / f"good-{shard}.tar")
-        _write(path, [{"__key__": f"g{shard}_{i:03d}", "png": png_bytes(i), "txt": b"fine"} for i in range(20)])
+        write_shard(path, [{"__key__": f"g{shard}_{i:03d}", "png": png_bytes(i), "txt": b"fine"} for i in range(20)])
         goods.append(path)
     urls = "::".join([str(root / "bad-0.tar"), truncated] + goods)
     return urls, 16 + 10 + 60, marker
@@ -129,7 +119,7 @@ def test_shards_without_usable_samples_stop_with_the_reasons(tmp_path, monkeypat
     import data_pipelines.stream as stream
 
     monkeypatch.setattr(stream, "CONSECUTIVE_SKIP_LIMIT", 50)
-    _write(str(tmp_path / "junk-0.tar"), [{"__key__": f"j{i:03d}", "txt": b"caption only"} for i in range(30)])
+    write_shard(str(tmp_path / "junk-0.tar"), [{"__key__": f"j{i:03d}", "txt": b"caption only"} for i in range(30)])
     loader = build_pair_loader(pair_config(str(tmp_path / "junk-0.tar"), resampled=True), 0, 1, 4, seed=0)
     with pytest.raises(RuntimeError, match="missing_image"):
         next(iter(loader))

@@ -10,24 +10,15 @@ import tracemalloc
 import numpy as np
 import pytest
 from PIL import Image
-from webdataset import TarWriter
 
 from data_pipelines.config import EvalSetConfig
 from data_pipelines.decode import SkipSample, decode_image
 from data_pipelines.eval_sets import build_pair_eval_set
 from data_pipelines.pairs import build_pair_loader
 from data_pipelines.shards import iter_samples, read_samples
-from tests.data.helpers import EPS, gradient_16bit, pair_config, png_bytes, png_of
+from tests.data.helpers import EPS, gradient_16bit, pair_config, png_bytes, png_of, write_shard
 
 NESTED = b'{"a": ' * 100_000 + b"1" + b"}" * 100_000  # json.loads: RecursionError
-
-
-def write_shard(path: str, samples: list[dict]) -> None:
-    with TarWriter(path, encoder=False) as sink:
-        for s in samples:
-            sink.write(s)
-    with open(path[:-4] + "_stats.json", "w") as f:
-        json.dump({"successes": len(samples)}, f)
 
 
 HOSTILE = {  # key -> (sample members, the counter it must land in)
