@@ -108,7 +108,7 @@ class DataConfig:
         for i, source in enumerate(self.sources if training else []):
             _validate_source(f"data.sources[{i}]", source, self.resampled)
         for i, eval_set in enumerate(self.eval_sets):
-            _validate_eval_set(f"data.eval_sets[{i}]", eval_set)
+            validate_eval_set(f"data.eval_sets[{i}]", eval_set)
 
 
 def expand_urls(urls: str) -> list[str]:
@@ -146,7 +146,7 @@ def _validate_source(key: str, source: PairSourceConfig, resampled: bool) -> Non
                           f"{missing[0]} (check the path and the brace range)")
 
 
-def _validate_eval_set(key: str, eval_set: EvalSetConfig) -> None:
+def validate_eval_set(key: str, eval_set: EvalSetConfig) -> None:
     from data_pipelines.eval_formats import CLASSNAME_SETS, FORMATS, TEMPLATE_SETS
     from internvl_train.config import ConfigError
 

@@ -26,7 +26,7 @@ from typing import Any, Iterator, Optional, Sequence
 
 import torch
 
-from data_pipelines.config import EvalSetConfig, _validate_eval_set
+from data_pipelines.config import EvalSetConfig, validate_eval_set
 from data_pipelines.eval_formats import default_set_name
 from data_pipelines.sft.config import VQA_METRICS
 
@@ -60,7 +60,7 @@ def parse_spec(spec: str) -> EvalSetConfig:
         values = {"format": fmt, **dict(zip(names, parts))}
     values.setdefault("name", default_set_name(values.get("format") or "", values.get("annotation")))
     cfg = EvalSetConfig(**values)
-    _validate_eval_set(f"eval set {spec!r}", cfg)
+    validate_eval_set(f"eval set {spec!r}", cfg)
     return cfg
 
 
@@ -97,19 +97,19 @@ def evaluate_export(model: torch.nn.Module, tokenizer: Any, sets: Sequence[EvalS
     from data_pipelines.eval_sets import build_pair_eval_set
     from internvl_train.models.internvl_g import InternVLG
     from internvl_train.stages.common import model_dtype, to_device
-    from internvl_train.stages.generative_eval import _image_encoders, _text_encoder
+    from internvl_train.stages.generative_eval import image_encoders, text_encoder
     from internvl_train.stages.image_text_eval import image_text_metrics
 
     device = next(model.parameters()).device
     st = SimpleNamespace(caption_prefix=caption_prefix, max_text_len=max_text_len)
-    encoders = _image_encoders(model) if isinstance(model, InternVLG) else \
+    encoders = image_encoders(model) if isinstance(model, InternVLG) else \
         {"c": lambda pixels: model(pixels, task="encode_image")}
     metrics: dict[str, float] = {}
     counts: dict[str, dict] = {}
     for cfg in sets:
         eval_set = _Counted(build_pair_eval_set(cfg, model.config.vision.image_size, normalization))
         with torch.no_grad():
-            metrics.update(image_text_metrics(eval_set, encoders, _text_encoder(model, tokenizer, st, device),
+            metrics.update(image_text_metrics(eval_set, encoders, text_encoder(model, tokenizer, st, device),
                                               lambda b: to_device(b, device, model_dtype(model))))
         counts[cfg.name] = {"format": eval_set.format, "n_images": len(eval_set.keys), "n_captions": eval_set.rows,
                             **{k.rsplit("/", 1)[-1]: v for k, v in eval_set.metrics().items()}}

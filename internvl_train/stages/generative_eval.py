@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 Prepare = Callable[[dict], dict]
 
 
-def _text_encoder(model: nn.Module, tokenizer: Any, st: Any, device: Any) -> Callable[[list[str]], torch.Tensor]:
+def text_encoder(model: nn.Module, tokenizer: Any, st: Any, device: Any) -> Callable[[list[str]], torch.Tensor]:
     def encode_texts(captions: list[str]) -> torch.Tensor:
         text = prepare_caption_inputs(tokenizer, captions, st.caption_prefix, st.max_text_len)
         return model(text["input_ids"].to(device), text["attention_mask"].to(device), task="encode_text")
@@ -37,7 +37,7 @@ def _text_encoder(model: nn.Module, tokenizer: Any, st: Any, device: Any) -> Cal
     return encode_texts
 
 
-def _image_encoders(model: nn.Module) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
+def image_encoders(model: nn.Module) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
     """c, g and the official InternVL-G ensemble normalize(c) + normalize(g), one ViT pass each (callers normalise)."""
     last: dict[str, torch.Tensor] = {}
 
@@ -63,8 +63,8 @@ def retrieval_metrics_on(eval_set: Any, model: nn.Module, tokenizer: Any, st: An
                          prepare: Prepare) -> dict[str, float]:
     """'<set>/{c,g,cg}/{zeroshot_top1, i2t_R@1, ...}' and, with st.itm_rerank_k, '<set>/g_itm/...'."""
     device = next(model.parameters()).device
-    encode_texts = _text_encoder(model, tokenizer, st, device)
-    out = image_text_metrics(eval_set, _image_encoders(model), encode_texts, prepare)
+    encode_texts = text_encoder(model, tokenizer, st, device)
+    out = image_text_metrics(eval_set, image_encoders(model), encode_texts, prepare)
     if st.itm_rerank_k:
         out.update({f"{eval_set.name}/g_itm/{k}": v
                     for k, v in itm_rerank_metrics(eval_set, model, tokenizer, st, prepare).items()})
