@@ -94,100 +94,106 @@ class PairStream(IterableDataset):
         info = get_worker_info()
         physical = info.id if info is not None else 0
         worker = (physical + self.rotation) % self.spec.num_workers
-        start = self.starts.get(worker, Position())
-        chunks = _resampled_chunks if self.spec.resampled else _epoch_chunks
-        yield from _batches(self.spec, worker, start, chunks(self.spec, worker, start))
+        yield from WorkerStream(self.spec, worker, self.starts.get(worker, Position()))
 
 
-OWN, BORROWED, INSPECT = "own", "borrowed", "inspect"  # the role of a chunk (see _epoch_chunks)
-Chunk = tuple[Position, list[Entry], str]
+class WorkerStream:
+    """The endless batches of one logical worker from `start` on. Each batch's _meta carries the Position
+    right after it: a WorkerStream started there yields exactly the batches that would have followed.
 
+    Epoch mode: per epoch, first the worker's slice of the dropped tail (decoded only to count bad samples;
+    skipped by a resume inside the epoch), then its own range in chunks, then, only if bad data made it run
+    short, the positions after it (borrowed), until the worker's quota of batches for the epoch is met.
+    Resampled mode: shard draws one after the other, each streamed once in chunks; no quota.
+    """
 
-def _epoch_chunks(spec: StreamSpec, worker: int, start: Position) -> Iterator[Chunk]:
-    """(position of the chunk, its entries, role), endlessly. Per epoch: first the worker's slice of the
-    dropped tail (INSPECT: decoded only to count bad samples; not repeated by a resume inside the epoch),
-    then its own range in chunks (OWN), then, only if bad data made it run short, the positions after it
-    (BORROWED). Sending "epoch_done" moves to the next epoch."""
-    epoch, chunk = start.epoch, start.chunk
-    fresh = start == Position(start.epoch)
-    while True:
+    def __init__(self, spec: StreamSpec, worker: int, start: Position):
+        self.spec, self.worker, self.start = spec, worker, start
+        self.pending = _Accumulator()  # the batch being filled and the skips since the previous batch
+        self.logger = RateLimitedLog()
+        self.normalize = Normalize(spec.normalization)
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        return self._resampled() if self.spec.resampled else self._epochs()
+
+    def _epochs(self) -> Iterator[dict[str, Any]]:
+        start = self.start
+        while True:
+            yield from self._epoch(start)
+            start = Position(start.epoch + 1)
+
+    def _epoch(self, start: Position) -> Iterator[dict[str, Any]]:
+        """The batches of epoch start.epoch from `start` on; returns once the worker's quota is met."""
+        spec, epoch = self.spec, start.epoch
         layout = plan.epoch_layout(spec.shards, spec.counts, spec.seed, epoch, spec.world_size, spec.batch_size)
-        if fresh:
-            lo, hi = plan.tail_range(layout, spec.rank, spec.world_size, spec.num_workers, worker, spec.batch_size)
-            pieces = plan.positions_to_pieces(layout, lo, hi)
-            yield Position(epoch, 0, 0, 0), [e for p in pieces for e in read_samples(p.url, p.start, p.stop)], INSPECT
-        own = plan.worker_range(layout, spec.rank, spec.num_workers, worker, spec.batch_size, epoch)
+        if start == Position(epoch):  # at the epoch start; a resume inside the epoch has counted the tail
+            self._inspect_tail(layout)
+        own = plan.worker_range(layout, spec.rank, spec.num_workers, self.worker, spec.batch_size, epoch)
         own_chunks = -(-(own[1] - own[0]) // spec.chunk_size)
-        while True:
-            pieces = plan.epoch_chunk(layout, own, chunk, spec.chunk_size)
-            entries = [e for p in pieces for e in read_samples(p.url, p.start, p.stop)]
-            status = yield Position(epoch, chunk, 0, 0), entries, OWN if chunk < own_chunks else BORROWED
-            chunk += 1
-            if status == "epoch_done":
-                break
-        epoch, chunk, fresh = epoch + 1, 0, True
-
-
-def _resampled_chunks(spec: StreamSpec, worker: int, start: Position) -> Iterator[Chunk]:
-    """Drawn shards, each streamed once and cut into chunks (a resume skips to the chunk's first sample)."""
-    draw, chunk = start.epoch, start.chunk
-    while True:
-        url = plan.resampled_shard(spec.sources, spec.weights, spec.seed, spec.rank, worker, draw)
-        samples = iter_samples(url, chunk * spec.chunk_size)
-        while True:
-            entries = list(itertools.islice(samples, spec.chunk_size))
-            if entries:
-                yield Position(draw, chunk, 0, 0), entries, OWN
-            if len(entries) < spec.chunk_size:
-                break
-            chunk += 1
-        draw, chunk = draw + 1, 0
-
-
-def _quota(spec: StreamSpec, worker: int, epoch: int) -> Optional[int]:
-    """Batches this worker yields in `epoch` (None: resampled, no epochs)."""
-    if spec.resampled:
-        return None
-    per_rank = plan.epoch_layout(spec.shards, spec.counts, spec.seed, 0, spec.world_size,
-                                 spec.batch_size).batches_per_rank  # the same in every epoch
-    return plan.worker_batches(per_rank, spec.num_workers, worker, epoch)
-
-
-def _batches(spec: StreamSpec, worker: int, start: Position, chunks) -> Iterator[dict[str, Any]]:
-    """Full batches from the chunks. Bad samples are counted where they are owned (OWN, INSPECT chunks), so
-    each is counted once per epoch; one met while borrowing was counted by its owner and is only skipped."""
-    acc, logger, normalize = _Accumulator(), RateLimitedLog(), Normalize(spec.normalization)
-    batches, consumed_from, status = start.batches, start.consumed, None
-    item = next(chunks)
-    while True:
-        position, entries, role = item
-        if role == INSPECT:
-            _inspect(spec, entries, acc, logger)
-            item = next(chunks)
-            continue
-        quota = _quota(spec, worker, position.epoch)
-        order = plan.chunk_order(len(entries), spec.seed, position.epoch, spec.rank, worker, position.chunk)
-        for j in range(consumed_from, len(order)):
-            sample = _decode(spec, entries[order[j]], acc, logger, (position, worker, j), count=role == OWN)
-            if sample is None:
-                _check_streak(acc.streak, spec)
-                continue
-            acc.streak.clear()
-            acc.borrowed += role == BORROWED
-            acc.samples.append(sample)
-            if len(acc.samples) == spec.batch_size:
+        quota = plan.worker_batches(layout.batches_per_rank, spec.num_workers, self.worker, epoch)
+        batches, consumed = start.batches, start.consumed
+        for chunk in itertools.count(start.chunk):
+            entries = _read(plan.epoch_chunk(layout, own, chunk, spec.chunk_size))
+            for j in self._batch_ends(epoch, chunk, entries, consumed, borrowed=chunk >= own_chunks):
                 batches += 1
-                done = quota is not None and batches == quota
-                here = Position(position.epoch + done, 0 if done else position.chunk,
-                                0 if done else j + 1, 0 if done else batches)
-                yield _collate(acc, worker, here, normalize)
-                acc = _Accumulator(streak=acc.streak)
-                if done:
-                    batches, status = 0, "epoch_done"
-                    break
-        consumed_from = 0
-        item = chunks.send(status) if status else next(chunks)
-        status = None
+                if batches == quota:
+                    yield self._take_batch(Position(epoch + 1))
+                    return  # the rest of the chunk belongs to no batch of this epoch
+                yield self._take_batch(Position(epoch, chunk, j + 1, batches))
+            consumed = 0
+
+    def _resampled(self) -> Iterator[dict[str, Any]]:
+        """Position.epoch counts shard draws and Position.chunk the chunk within the drawn shard; a resume
+        skips to the chunk's first sample."""
+        spec, start = self.spec, self.start
+        batches, consumed = start.batches, start.consumed
+        for draw in itertools.count(start.epoch):
+            first_chunk = start.chunk if draw == start.epoch else 0
+            url = plan.resampled_shard(spec.sources, spec.weights, spec.seed, spec.rank, self.worker, draw)
+            samples = iter_samples(url, first_chunk * spec.chunk_size)
+            for chunk in itertools.count(first_chunk):
+                entries = list(itertools.islice(samples, spec.chunk_size))
+                if entries:
+                    for j in self._batch_ends(draw, chunk, entries, consumed, borrowed=False):
+                        batches += 1
+                        yield self._take_batch(Position(draw, chunk, j + 1, batches))
+                    consumed = 0
+                if len(entries) < spec.chunk_size:
+                    break  # the shard is done
+
+    def _batch_ends(self, epoch: int, chunk: int, entries: list[Entry], consumed: int,
+                    borrowed: bool) -> Iterator[int]:
+        """Adds the chunk's samples, in the chunk's order and after the first `consumed`, to the pending
+        batch; yields the index j of each sample that fills it (the caller then takes the batch). A bad
+        sample is counted only where it is owned, so once per epoch; a borrowed one was counted by its owner."""
+        spec = self.spec
+        order = plan.chunk_order(len(entries), spec.seed, epoch, spec.rank, self.worker, chunk)
+        for j in range(consumed, len(order)):
+            sample = _decode(spec, entries[order[j]], self.pending, self.logger, (self.worker, epoch, chunk, j),
+                             count=not borrowed)
+            if sample is None:
+                _check_streak(self.pending.streak, spec)
+                continue
+            self.pending.streak.clear()
+            self.pending.borrowed += borrowed
+            self.pending.samples.append(sample)
+            if len(self.pending.samples) == spec.batch_size:
+                yield j
+
+    def _take_batch(self, resume_at: Position) -> dict[str, Any]:
+        batch = _collate(self.pending, self.worker, resume_at, self.normalize)
+        self.pending = _Accumulator(streak=self.pending.streak)  # a skip streak runs across batches
+        return batch
+
+    def _inspect_tail(self, layout: plan.EpochLayout) -> None:
+        spec = self.spec
+        lo, hi = plan.tail_range(layout, spec.rank, spec.world_size, spec.num_workers, self.worker,
+                                 spec.batch_size)
+        _inspect(spec, _read(plan.positions_to_pieces(layout, lo, hi)), self.pending, self.logger)
+
+
+def _read(pieces: list[plan.Piece]) -> list[Entry]:
+    return [e for p in pieces for e in read_samples(p.url, p.start, p.stop)]
 
 
 def _inspect(spec: StreamSpec, entries: list[Entry], acc: _Accumulator, logger: RateLimitedLog) -> None:
@@ -206,13 +212,14 @@ def _check_streak(streak: Counter, spec: StreamSpec) -> None:
                            f"the shards are broken or not image-text pairs")
 
 
-def _transform(spec: StreamSpec, image: Any, where: tuple[Position, int, int]) -> torch.Tensor:
+def _transform(spec: StreamSpec, image: Any, where: tuple[int, int, int, int]) -> torch.Tensor:
+    """`where`: (worker, epoch, chunk, index in the chunk's order) of the sample."""
     if not spec.augment_seeded:
         return to_uint8_tensor(spec.geometry(image))
-    position, worker, j = where
+    worker, epoch, chunk, j = where
     # seeded per sample so augmentation replays on resume; forked so the caller's RNG stream is untouched
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(hash((spec.seed, spec.rank, worker, position.epoch, position.chunk, j)) & 0x7FFFFFFF)
+        torch.manual_seed(hash((spec.seed, spec.rank, worker, epoch, chunk, j)) & 0x7FFFFFFF)
         return to_uint8_tensor(spec.geometry(image))
 
 
@@ -226,7 +233,7 @@ def _checked_parts(spec: StreamSpec, entry: Entry) -> tuple[Any, str, int]:
 
 
 def _decode(spec: StreamSpec, entry: Entry, acc: _Accumulator, logger: RateLimitedLog,
-            where: tuple[Position, int, int], count: bool = True) -> Optional[tuple]:
+            where: tuple[int, int, int, int], count: bool = True) -> Optional[tuple]:
     try:
         image, caption, label = _checked_parts(spec, entry)
         return _transform(spec, image, where), caption, entry["__key__"], label

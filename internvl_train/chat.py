@@ -52,7 +52,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                          "questions from stdin)")
     import torch
 
-    from internvl_train.models.chat_generate import generate, load_chat_for_inference
+    from internvl_train.inference.prompt import generate, load_chat_for_inference
 
     torch.set_grad_enabled(False)
     model, prompter = load_chat_for_inference(args.model)

@@ -18,34 +18,25 @@
 # Environment: PYTHON (default `python`), TRAIN_ENTRY (default `-m internvl_train`; what Python runs).
 set -uo pipefail
 
-STAGE_NAMES=(contrastive generative sft)
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+PROG=local.sh
+# The stage chain shared with slurm/pipeline.sh: STAGE_NAMES, the shared options, die, usage, chain_run_stages.
+# shellcheck source=launch/lib/chain.sh
+source "$HERE/lib/chain.sh" || { echo "$PROG: cannot read $HERE/lib/chain.sh" >&2; exit 2; }
 EXIT_PREEMPTED=75
 PYTHON=${PYTHON:-python}
 TRAIN_ENTRY=${TRAIN_ENTRY:--m internvl_train}
 
-die() { echo "local.sh: $*" >&2; exit 2; }
-usage() { awk 'NR > 1 && !/^#/ {exit} NR > 1 {sub(/^# ?/, ""); print}' "$0" >&2; exit 2; }
-
 NPROC=1
 RUNS_ROOT=runs/pipeline
-STAGES=1,2,3
-INIT_FROM=""
-STAGE_OVERRIDES=("" "" "")
-COMMON=()
 while (( $# )); do
   case $1 in
     --nproc) NPROC=$2; shift 2 ;;
-    --runs-root) RUNS_ROOT=$2; shift 2 ;;
-    --stages) STAGES=$2; shift 2 ;;
-    --init-from) INIT_FROM=$2; shift 2 ;;
-    --stage1|--stage2|--stage3) STAGE_OVERRIDES[${1#--stage}-1]=$2; shift 2 ;;
-    -h|--help) usage ;;
-    --) shift; COMMON=("$@"); break ;;
-    *) die "unknown option '$1' (Hydra overrides go after --; see --help)" ;;
+    *) chain_option "$@"; shift "$CHAIN_SHIFT" ;;
   esac
 done
 [[ $NPROC =~ ^[1-9][0-9]*$ ]] || die "--nproc must be a positive integer (got '$NPROC')"
-[[ $STAGES =~ ^[123](,[123])*$ ]] || die "--stages must list stage numbers 1,2,3 (got '$STAGES')"
+chain_check_stages
 
 CHILD="" SIGNALLED=0
 forward() { SIGNALLED=1; [[ -n $CHILD ]] && kill -"$1" "$CHILD" 2>/dev/null; }
@@ -78,17 +69,13 @@ run_stage() {
   return "$rc"
 }
 
-init_from=$INIT_FROM
-for k in 1 2 3; do
-  [[ ,$STAGES, == *,$k,* ]] || continue
-  name=${STAGE_NAMES[k-1]}
-  run_dir=$RUNS_ROOT/$name
-  overrides=("stage=$name" "run_dir=$run_dir")
-  [[ -n $init_from ]] && overrides+=("init_from=$init_from")
-  # shellcheck disable=SC2206  # per-stage overrides are a space-separated list by design
-  overrides+=("${COMMON[@]}" ${STAGE_OVERRIDES[k-1]})
-  echo "local.sh: stage $k ($name) with $NPROC process(es): ${overrides[*]}" >&2
-  run_stage "${overrides[@]}"; rc=$?
+# One stage of the chain (chain_run_stages calls it with <k> <name> <run_dir> <overrides...>); a stage that
+# fails ends the script.
+local_stage() {
+  local k=$1 name=$2 rc
+  shift 3
+  echo "local.sh: stage $k ($name) with $NPROC process(es): $*" >&2
+  run_stage "$@"; rc=$?
   if (( rc != 0 )); then
     # A plain process passes the trainer's 75 through; torchrun reports a signalled run as a failure.
     if (( rc == EXIT_PREEMPTED )) || { (( NPROC > 1 )) && (( SIGNALLED )); }; then
@@ -98,5 +85,6 @@ for k in 1 2 3; do
     echo "local.sh: stage $name failed with exit code $rc" >&2
     exit "$rc"
   fi
-  init_from=$run_dir/export
-done
+}
+
+chain_run_stages local_stage

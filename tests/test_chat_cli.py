@@ -42,7 +42,7 @@ def chat(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
 
 
 def in_process_answers(model_dir: Path, image: Path, batch: bool) -> list[str]:
-    from internvl_train.models.chat_generate import generate, load_chat_for_inference
+    from internvl_train.inference.prompt import generate, load_chat_for_inference
 
     model, prompter = load_chat_for_inference(model_dir)
     with Image.open(image) as im:

@@ -14,7 +14,7 @@ from PIL import Image
 from transformers import AutoModelForImageTextToText, AutoProcessor, AutoTokenizer, GenerationConfig
 
 from data_pipelines.sft.templates import TEMPLATES, TOKENIZER_TEMPLATE
-from internvl_train.models.chat_generate import ChatPrompter, PromptSettings, generate_ids, load_chat_for_inference
+from internvl_train.inference.prompt import ChatPrompter, PromptSettings, generate_ids, load_chat_for_inference
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT / "tests" / "stages"))

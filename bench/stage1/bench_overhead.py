@@ -39,7 +39,7 @@ def bare_samples_per_s(steps: int, batch: int) -> float:
     from internvl_train.config import register_configs
     from internvl_train.losses.itc import itc_loss
     from internvl_train.losses.lm import lm_loss
-    from internvl_train.models.builder import build_internvl_c
+    from internvl_train.models.internvl_c.build import build_internvl_c
     from internvl_train.stages.common import load_tokenizer
 
     register_configs()

@@ -83,7 +83,7 @@ class _Counted:
 def load_export(path: str, device: str, dtype: torch.dtype) -> tuple[torch.nn.Module, Any]:
     from transformers import AutoTokenizer
 
-    from internvl_train.models.checkpoint import from_pretrained
+    from internvl_train.models.weights import from_pretrained
 
     model = from_pretrained(path).to(device=device, dtype=dtype).eval()
     if not os.path.isfile(os.path.join(path, "tokenizer_config.json")):
@@ -95,7 +95,7 @@ def evaluate_export(model: torch.nn.Module, tokenizer: Any, sets: Sequence[EvalS
                     caption_prefix: str, max_text_len: int) -> tuple[dict[str, float], dict[str, dict]]:
     """The stages' own functions: metrics '<set>/<encoder>/<metric>' and per set {format, n_images, n_captions}."""
     from data_pipelines.eval_sets import build_pair_eval_set
-    from internvl_train.models.internvl_g import InternVLG
+    from internvl_train.models.internvl_g.modeling import InternVLG
     from internvl_train.stages.common import model_dtype, to_device
     from internvl_train.stages.generative_eval import image_encoders, text_encoder
     from internvl_train.stages.image_text_eval import image_text_metrics

@@ -13,7 +13,7 @@ from typing import Any, Mapping, Sequence
 from PIL import Image
 
 from internvl_train.eval.vqa import majority_answer_baseline, vqa_accuracy, vqa_metrics
-from internvl_train.models.chat_generate import ChatPrompter, generate
+from internvl_train.inference.prompt import ChatPrompter, generate
 
 
 def item_id(item: Mapping[str, Any], index: int) -> str:

@@ -62,7 +62,7 @@ def evaluate_chat_export(model_dir: str, items: Sequence[dict], metric: str, bat
     import torch
 
     from internvl_train.eval.vqa_generate import answer_items, prediction_records, score_answers
-    from internvl_train.models.chat_generate import load_chat_for_inference
+    from internvl_train.inference.prompt import load_chat_for_inference
 
     with torch.no_grad():
         model, prompter = load_chat_for_inference(model_dir)

@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from internvl_train.models.chat_config import ChatConfig, ChatLLMConfig
+from internvl_train.models.chat.configuration import ChatConfig, ChatLLMConfig
 
 NORM_TYPES = ("rms_norm", "layer_norm")
 ATTN_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2")
@@ -126,7 +126,7 @@ class QLLaMAConfig:
 @dataclass
 class ModelConfig:
     """One model preset: stage 1 builds InternVL-C from vision+text; stage 2 adds `qllama`; stage 3 uses
-    `chat` (owned by models/chat_config.py)."""
+    `chat` (owned by models/chat/configuration.py)."""
 
     name: str = "tiny"
     vision: VisionTowerConfig = field(default_factory=VisionTowerConfig)

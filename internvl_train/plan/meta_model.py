@@ -79,14 +79,14 @@ def build_planned_model(cfg: Any) -> PlannedModel:
 
 # ---- stages 1 and 2 ------------------------------------------------------------------------------------------
 def _internvl_c(cfg: Any, notes: list[str]) -> PlannedModel:
-    from internvl_train.models.internvl_c import InternVLC
+    from internvl_train.models.internvl_c.modeling import InternVLC
 
     return PlannedModel(InternVLC(cfg.model, text_vocab_size(cfg, notes)), "internvl_c", _clip_part)
 
 
 def _internvl_g(cfg: Any, notes: list[str]) -> PlannedModel:
     """As GenerativeStage.build_model: InternVL-G, its frozen bare parameters, LoRA when configured."""
-    from internvl_train.models.internvl_g import InternVLG
+    from internvl_train.models.internvl_g.modeling import InternVLG
     from internvl_train.stages.generative_lora import add_qllama_lora
 
     model = InternVLG(cfg.model, text_vocab_size(cfg, notes))
@@ -141,8 +141,8 @@ def _load_tokenizer(path: str) -> Any:
 # ---- stage 3 -------------------------------------------------------------------------------------------------
 def _chat(cfg: Any, notes: list[str]) -> PlannedModel:
     """As SftStage.build_model for a new chat model: build_chat_model from a meta ViT and a meta LLM, LoRA."""
-    from internvl_train.models.chat import build_chat_model, chat_parts
-    from internvl_train.models.vision import build_vision_tower
+    from internvl_train.models.chat.modeling import build_chat_model, chat_parts
+    from internvl_train.models.internvit.modeling import build_vision_tower
     from internvl_train.stages.sft_model import add_lora_adapters
 
     mcfg = as_model_config(cfg.model)
@@ -160,7 +160,7 @@ def _chat(cfg: Any, notes: list[str]) -> PlannedModel:
 
 def _text_tower_export(cfg: Any) -> Optional[str]:
     """The stage-1/2 export whose text tower becomes the LLM (model.chat.llm_from_text_tower), if one exists."""
-    from internvl_train.models.checkpoint import is_our_checkpoint
+    from internvl_train.models.weights import is_our_checkpoint
 
     candidates = [cfg.init_from] if cfg.init_from else list(cfg.stage.previous_exports)
     return next((p for p in candidates if p and is_our_checkpoint(p)), None)
@@ -187,15 +187,15 @@ def _meta_llm(mcfg: ModelConfig, export: Optional[str], tokenizer: Any, notes: l
     inline model.chat.llm."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from internvl_train.models.chat_llm import make_llm_config, text_tower_as_llm
+    from internvl_train.models.chat.llm import make_llm_config, text_tower_as_llm
 
     chat = mcfg.chat
     if chat.llm_path and os.path.isfile(os.path.join(chat.llm_path, "config.json")):
         return AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(chat.llm_path),
                                                 attn_implementation=chat.attn_implementation)
     if export is not None:
-        from internvl_train.models.checkpoint import read_our_config
-        from internvl_train.models.text import build_text_tower
+        from internvl_train.models.weights import read_our_config
+        from internvl_train.models.internvl_c.text_tower import build_text_tower
 
         text = read_our_config(export)[1].text
         max_positions = chat.llm.max_position_embeddings if chat.llm is not None else None
@@ -209,6 +209,6 @@ def _meta_llm(mcfg: ModelConfig, export: Optional[str], tokenizer: Any, notes: l
 
 
 def _meta_model_g(mcfg: ModelConfig, vocab_size: int) -> nn.Module:
-    from internvl_train.models.internvl_g import InternVLG
+    from internvl_train.models.internvl_g.modeling import InternVLG
 
     return InternVLG(mcfg, mcfg.text.vocab_size or vocab_size)

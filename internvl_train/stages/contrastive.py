@@ -21,10 +21,10 @@ from internvl_train.losses.contrastive_accumulation import contrastive_accumulat
 from internvl_train.losses.itc import MAX_LOGIT_SCALE, clamp_logit_scale_, itc_loss
 from internvl_train.losses.itg import itg_labels
 from internvl_train.losses.lm import lm_loss, token_loss_weights
-from internvl_train.models.builder import build_internvl_c
-from internvl_train.models.checkpoint import save_pretrained
+from internvl_train.models.internvl_c.build import build_internvl_c
+from internvl_train.models.weights import save_pretrained
 from internvl_train.models.flops import internvl_c_train_flops_per_sample
-from internvl_train.models.text import prepare_caption_inputs
+from internvl_train.models.internvl_c.text_tower import prepare_caption_inputs
 from internvl_train.stages.base import Stage, StatefulLoader
 from internvl_train.stages.common import (check_prefix_tokens, load_tokenizer, model_dtype, prefix_token_ids,
                                           to_device)
@@ -151,7 +151,7 @@ class ContrastiveStage(Stage):
         """Counted at stage.max_text_len tokens per caption: an upper bound (captions are usually shorter),
         so model FLOPs/s and MFU are upper bounds too."""
         if not hasattr(self, "_flops"):
-            from internvl_train.models.internvl_c import InternVLC
+            from internvl_train.models.internvl_c.modeling import InternVLC
 
             with torch.device("meta"):
                 meta = InternVLC(self.cfg.model, None if self.cfg.model.text.vocab_size else len(self.tokenizer))

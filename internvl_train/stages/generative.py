@@ -30,11 +30,11 @@ from internvl_train.losses.combine import combine_losses
 from internvl_train.losses.itc import clamp_logit_scale_, itc_loss, scaled_logit_scale
 from internvl_train.losses.itg import itg_labels, itg_loss
 from internvl_train.losses.itm import ItmOutput, itm_loss, sample_itm_negatives
-from internvl_train.models.adapters import internvl14b
-from internvl_train.models.builder import build_internvl_g
-from internvl_train.models.checkpoint import save_pretrained
+from internvl_train.models.internvl_g import official as internvl14b
+from internvl_train.models.internvl_g.build import build_internvl_g
+from internvl_train.models.weights import save_pretrained
 from internvl_train.models.lora import has_lora, merged_state_dict, without_lora
-from internvl_train.models.text import prepare_caption_inputs
+from internvl_train.models.internvl_c.text_tower import prepare_caption_inputs
 from internvl_train.stages.base import Stage, StatefulLoader
 from internvl_train.stages.common import (check_prefix_tokens, load_tokenizer, model_dtype, prefix_token_ids,
                                           stable_ids, to_device)

@@ -19,8 +19,8 @@ from internvl_train.eval.captioning import caption_metrics, constant_caption_bas
 from internvl_train.eval.retrieval import first_occurrence
 from internvl_train.losses.collectives import all_gather_cat_uneven, all_reduce_sum
 from internvl_train.losses.itg import IGNORE_INDEX, itg_labels, next_token_ce
-from internvl_train.models.generation import greedy_captions
-from internvl_train.models.text import prepare_caption_inputs
+from internvl_train.models.internvl_g.generation import greedy_captions
+from internvl_train.models.internvl_c.text_tower import prepare_caption_inputs
 from internvl_train.stages.common import prefix_token_ids, stable_ids
 from internvl_train.stages.image_text_eval import first_rows, image_text_metrics
 

@@ -22,10 +22,10 @@ from data_pipelines.sft import build_sft_loader, resolve_heldout_vqa
 from internvl_train.eval.vqa import write_vqa_results
 from internvl_train.eval.vqa_generate import answer_items, prediction_records, score_answers
 from internvl_train.losses.lm import lm_loss
-from internvl_train.models.chat import InternVLChatModel, chat_forward
-from internvl_train.models.chat_builder import build_chat_from_config
-from internvl_train.models.chat_export import export_native, export_official
-from internvl_train.models.chat_generate import ChatPrompter, PromptSettings
+from internvl_train.models.chat.modeling import InternVLChatModel, chat_forward
+from internvl_train.models.chat.build import build_chat_from_config
+from internvl_train.inference.export import export_native, export_official
+from internvl_train.inference.prompt import ChatPrompter, PromptSettings
 from internvl_train.models.lora import merged_state_dict
 from internvl_train.stages.base import Stage, StatefulLoader
 from internvl_train.stages.common import model_dtype, to_device

@@ -9,8 +9,8 @@ from typing import Any, Optional
 from torch import nn
 
 from internvl_train.config import ConfigError
-from internvl_train.models.chat import InternVLChatModel, chat_parts
-from internvl_train.models.chat_builder import is_chat_checkpoint
+from internvl_train.models.chat.modeling import InternVLChatModel, chat_parts
+from internvl_train.models.chat.build import is_chat_checkpoint
 from internvl_train.stages.contrastive import locked_modules
 
 log = logging.getLogger(__name__)

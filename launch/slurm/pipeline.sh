@@ -20,53 +20,36 @@
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-STAGE_NAMES=(contrastive generative sft)
-
-die() { echo "pipeline.sh: $*" >&2; exit 2; }
-usage() { awk 'NR > 1 && !/^#/ {exit} NR > 1 {sub(/^# ?/, ""); print}' "$0" >&2; exit 2; }
+PROG=pipeline.sh
+# The stage chain shared with launch/local.sh: STAGE_NAMES, the shared options, die, usage, chain_run_stages.
+# shellcheck source=launch/lib/chain.sh
+source "$HERE/../lib/chain.sh" || { echo "$PROG: cannot read $HERE/../lib/chain.sh" >&2; exit 2; }
 
 RUNS_ROOT="runs/pipeline-$(date -u +%Y%m%d-%H%M%S)"
-STAGES=1,2,3
-INIT_FROM=""
 DRY_RUN=0
-STAGE_OVERRIDES=("" "" "")
 SBATCH_ARGS=()
-COMMON=()
 
 while (( $# )); do
   case $1 in
-    --runs-root) RUNS_ROOT=$2; shift 2 ;;
-    --stages) STAGES=$2; shift 2 ;;
-    --init-from) INIT_FROM=$2; shift 2 ;;
-    --stage1|--stage2|--stage3) STAGE_OVERRIDES[${1#--stage}-1]=$2; shift 2 ;;
     --partition|--nodes|--ntasks-per-node|--gpus-per-node|--time|--account)
       SBATCH_ARGS+=("$1=$2"); shift 2 ;;
     --sbatch-arg=*) SBATCH_ARGS+=("${1#--sbatch-arg=}"); shift ;;
     --sbatch-arg) SBATCH_ARGS+=("$2"); shift 2 ;;
     --dry-run) DRY_RUN=1; shift ;;
-    -h|--help) usage ;;
-    --) shift; COMMON=("$@"); break ;;
-    *) die "unknown option '$1' (Hydra overrides go after --; see --help)" ;;
+    *) chain_option "$@"; shift "$CHAIN_SHIFT" ;;
   esac
 done
-[[ $STAGES =~ ^[123](,[123])*$ ]] || die "--stages must list stage numbers 1,2,3 (got '$STAGES')"
+chain_check_stages
 (( DRY_RUN )) || command -v sbatch >/dev/null || die "sbatch not found: run on a SLURM login node (or see launch/slurm/cluster.sh)"
 
-RUNS_ROOT=$(realpath -m "$RUNS_ROOT")
-mkdir -p "$RUNS_ROOT/logs"
-previous_job=""
-init_from=$INIT_FROM
-for k in 1 2 3; do
-  [[ ,$STAGES, == *,$k,* ]] || continue
-  name=${STAGE_NAMES[k-1]}
-  run_dir=$RUNS_ROOT/$name
-  overrides=("stage=$name" "run_dir=$run_dir")
-  [[ -n $init_from ]] && overrides+=("init_from=$init_from")
-  # shellcheck disable=SC2206  # per-stage overrides are a space-separated list by design
-  overrides+=("${COMMON[@]}" ${STAGE_OVERRIDES[k-1]})
+# One stage of the chain (chain_run_stages calls it with <k> <name> <run_dir> <overrides...>): submit it,
+# after the stage submitted before it (afterok), and print `<stage> <job id> <run_dir>`.
+submit_stage() {
+  local k=$1 name=$2 run_dir=$3 cmd job
+  shift 3
   cmd=(sbatch --parsable --job-name="ivl-$name" --output="$RUNS_ROOT/logs/%x-%j.out" "${SBATCH_ARGS[@]}")
   [[ -n $previous_job ]] && cmd+=(--dependency="afterok:$previous_job" --kill-on-invalid-dep=yes)
-  cmd+=("$HERE/train.sbatch" "${overrides[@]}")
+  cmd+=("$HERE/train.sbatch" "$@")
   if (( DRY_RUN )); then
     printf '%q ' "${cmd[@]}"; echo
     job=DRYRUN$k
@@ -76,5 +59,9 @@ for k in 1 2 3; do
   fi
   echo "$name $job $run_dir"
   previous_job=$job
-  init_from=$run_dir/export
-done
+}
+
+RUNS_ROOT=$(realpath -m "$RUNS_ROOT")
+mkdir -p "$RUNS_ROOT/logs"
+previous_job=""
+chain_run_stages submit_stage

@@ -5,7 +5,7 @@ import torch
 from tokenizers import Tokenizer, models, pre_tokenizers, processors
 from transformers import PreTrainedTokenizerFast
 
-from internvl_train.models.text import gather_last_token, prepare_caption_inputs
+from internvl_train.models.internvl_c.text_tower import gather_last_token, prepare_caption_inputs
 
 WORDS = ["<unk>", "<s>", "</s>", "summarize:", "a", "red", "cat", "dog", "on", "mat"]
 
@@ -43,7 +43,7 @@ def test_embedding_is_read_at_the_last_real_token_for_any_padding_side():
 
 def test_tokenizer_loads_from_a_local_directory_only(tmp_path):
     from internvl_train.models.config import TextTowerConfig
-    from internvl_train.models.text import load_text_tokenizer
+    from internvl_train.models.internvl_c.text_tower import load_text_tokenizer
 
     _tokenizer(pad=False).save_pretrained(tmp_path)
     tok = load_text_tokenizer(TextTowerConfig(tokenizer=str(tmp_path)))

@@ -6,13 +6,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from internvl_train.models.chat import build_chat_model, chat_forward, chat_parts, image_token_spec
-from internvl_train.models.chat_config import ChatConfig, ChatLLMConfig
-from internvl_train.models.chat_export import export_native, export_official
+from internvl_train.models.chat.modeling import build_chat_model, chat_forward, chat_parts, image_token_spec
+from internvl_train.models.chat.configuration import ChatConfig, ChatLLMConfig
+from internvl_train.inference.export import export_native, export_official
 from internvl_train.models.chat_tiny import build_tiny_tokenizer
-from internvl_train.models.checkpoint import read_state_dict
+from internvl_train.models.weights import read_state_dict
 from internvl_train.models.config import ModelConfig, QLLaMAConfig, TextTowerConfig, VisionTowerConfig
-from internvl_train.models.internvl_g import InternVLG
+from internvl_train.models.internvl_g.modeling import InternVLG
 from tests.models.test_chat_model import IMAGE, tiny_tower, one_thread  # noqa: F401 (autouse)
 
 QUERIES = 3

@@ -9,12 +9,12 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from internvl_train.models import checkpoint
-from internvl_train.models.adapters import internvit
-from internvl_train.models.chat import chat_forward
-from internvl_train.models.chat_builder import build_chat_from_config
-from internvl_train.models.chat_config import ChatConfig, ChatLLMConfig
-from internvl_train.models.chat_export import export_native
+from internvl_train.models import weights
+from internvl_train.models.internvit import official as official_vit
+from internvl_train.models.chat.modeling import chat_forward
+from internvl_train.models.chat.build import build_chat_from_config
+from internvl_train.models.chat.configuration import ChatConfig, ChatLLMConfig
+from internvl_train.inference.export import export_native
 from internvl_train.models.chat_tiny import build_tiny_tokenizer
 from internvl_train.models.config import ModelConfig
 from tests.models.test_chat_bridge import tiny_internvl_g
@@ -36,7 +36,7 @@ def assert_same_tensors(a: torch.nn.Module, b: torch.nn.Module) -> None:
 
 def test_vit_and_qllama_come_from_the_stage2_export(tmp_path: Path) -> None:
     model_g = tiny_internvl_g()
-    checkpoint.save_pretrained(model_g, tmp_path / "stage2")
+    weights.save_pretrained(model_g, tmp_path / "stage2")
     cfg = chat_model_config(model_g.config, bridge="mlp+qllama")
     build = build_chat_from_config(cfg, init_from=str(tmp_path / "stage2"), tokenizer=build_tiny_tokenizer())
     assert_same_tensors(build.model.model.vision_tower, model_g.vision)
@@ -47,7 +47,7 @@ def test_vit_and_qllama_come_from_the_stage2_export(tmp_path: Path) -> None:
 
 def test_vit_from_an_official_internvit_checkpoint(tmp_path: Path) -> None:
     source = tiny_internvl_g()
-    state = internvit.ours_to_official(source.vision.state_dict(), layout="hf")
+    state = official_vit.ours_to_official(source.vision.state_dict(), layout="hf")
     save_file({"vision_model." + k: v.contiguous() for k, v in state.items()}, str(tmp_path / "vit.safetensors"))
     cfg = chat_model_config(source.config)
     cfg.vision.pretrained = str(tmp_path / "vit.safetensors")
@@ -71,7 +71,7 @@ def test_continue_from_a_native_chat_export(tmp_path: Path) -> None:
 
 def test_llm_from_the_stage2_text_tower_without_its_cross_attention(tmp_path: Path) -> None:
     model_g = tiny_internvl_g().eval()
-    checkpoint.save_pretrained(model_g, tmp_path / "stage2")
+    weights.save_pretrained(model_g, tmp_path / "stage2")
     cfg = chat_model_config(model_g.config)
     cfg.chat.llm_from_text_tower = True
     with pytest.raises(ValueError, match="text_tower_from"):

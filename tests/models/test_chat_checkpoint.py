@@ -14,10 +14,10 @@ from safetensors.torch import save_file
 from transformers import (AutoModelForImageTextToText, AutoProcessor, AutoTokenizer,
                           InternVLForConditionalGeneration)
 
-from internvl_train.models.chat import InternVLChatModel, chat_forward
-from internvl_train.models.chat_checkpoint import load_chat_model, load_official_chat, native_chat_to_official
-from internvl_train.models.checkpoint import read_state_dict
-from internvl_train.models.chat_export import export_native, export_official
+from internvl_train.models.chat.modeling import InternVLChatModel, chat_forward
+from internvl_train.models.chat.official import load_chat_model, load_official_chat, native_chat_to_official
+from internvl_train.models.weights import read_state_dict
+from internvl_train.inference.export import export_native, export_official
 from tests.models.test_chat_model import IMAGE, tiny_chat, one_thread  # noqa: F401 (autouse)
 
 OFFICIAL_VISION_KEYS = {  # layer 0 of a 6B-style InternViT in the official HF remote-code naming

@@ -6,11 +6,11 @@ import torch
 from transformers import InternVLVisionConfig, InternVLVisionModel
 from transformers.models.internvl.modeling_internvl import InternVLModel
 
-from internvl_train.models.chat import build_chat_model, chat_forward, image_token_spec
-from internvl_train.models.chat_config import ChatConfig, ChatLLMConfig
-from internvl_train.models.chat_llm import CHAT_SPECIAL_TOKENS
+from internvl_train.models.chat.modeling import build_chat_model, chat_forward, image_token_spec
+from internvl_train.models.chat.configuration import ChatConfig, ChatLLMConfig
+from internvl_train.models.chat.llm import CHAT_SPECIAL_TOKENS
 from internvl_train.models.chat_tiny import build_tiny_tokenizer
-from internvl_train.models.pixel_shuffle import num_image_token, pixel_shuffle
+from internvl_train.models.chat.pixel_shuffle import num_image_token, pixel_shuffle
 
 IMAGE = 56  # 4x4 patches of 14 -> 2x2 = 4 LLM tokens per tile
 
@@ -228,7 +228,7 @@ def test_tiny_chat_learns_an_image_dependent_answer() -> None:
 def test_llm_from_a_local_directory_keeps_its_weights_and_grows_by_the_new_tokens(tmp_path) -> None:
     from transformers import AutoModelForCausalLM
 
-    from internvl_train.models.chat_llm import make_llm_config
+    from internvl_train.models.chat.llm import make_llm_config
 
     base_tok = build_tiny_tokenizer()
     llm_config = make_llm_config(ChatLLMConfig(hidden_size=64, num_layers=2, num_heads=4, intermediate_size=128),

@@ -8,12 +8,13 @@ import torch
 from internvl_tiny import VOCAB, tiny_config
 from official_fixtures import official_internvl14b
 
-from internvl_train.models.adapters import internvl14b
-from internvl_train.models.builder import build_internvl_c, build_internvl_g, export_official, official_state_dict
-from internvl_train.models.checkpoint import (CheckpointMismatchError, from_pretrained, load_state_into,
+from internvl_train.models.internvl_g import official as internvl14b
+from internvl_train.models.internvl_c.build import build_internvl_c, export_official, official_state_dict
+from internvl_train.models.internvl_g.build import build_internvl_g
+from internvl_train.models.weights import (CheckpointMismatchError, from_pretrained, load_state_into,
                                               read_state_dict, save_pretrained)
-from internvl_train.models.internvl_c import InternVLC
-from internvl_train.models.internvl_g import InternVLG
+from internvl_train.models.internvl_c.modeling import InternVLC
+from internvl_train.models.internvl_g.modeling import InternVLG
 
 
 def _batch():
@@ -131,7 +132,7 @@ def test_internvit_exports_load_back(tmp_path):
     for layout in ("internvit-hf", "internvit-pth"):
         out = export_official(model, tmp_path / layout, layout)
         fresh = InternVLC(tiny_config())
-        from internvl_train.models.builder import load_vision_weights
+        from internvl_train.models.internvl_c.build import load_vision_weights
 
         load_vision_weights(fresh, out)
         for key, value in model.vision.state_dict().items():

@@ -8,11 +8,11 @@ import torch.nn.functional as F
 from internvl_tiny import tiny_config
 from official_fixtures import official_internvit
 
-from internvl_train.models.adapters import internvit
-from internvl_train.models.builder import load_vision_weights
-from internvl_train.models.checkpoint import CheckpointMismatchError
+from internvl_train.models.internvit import official as official_vit
+from internvl_train.models.internvl_c.build import load_vision_weights
+from internvl_train.models.weights import CheckpointMismatchError
 from internvl_train.models.config import VisionTowerConfig
-from internvl_train.models.internvl_c import InternVLC
+from internvl_train.models.internvl_c.modeling import InternVLC
 
 
 def _norm(x: torch.Tensor, sd: dict, prefix: str, layer_norm: bool) -> torch.Tensor:
@@ -71,9 +71,9 @@ def test_vision_tower_matches_official_math(tmp_path, norm_type, layout):
 def test_internvit_layout_round_trip_is_exact(norm_type, layout):
     cfg = tiny_config(norm_type).vision
     official = official_internvit(cfg, layout, seed=1)
-    ours = internvit.official_to_ours(official)
+    ours = official_vit.official_to_ours(official)
     assert "encoder.layer.1.attention.v_proj.weight" in ours and "encoder.layer.0.lambda_2" in ours
-    back = internvit.ours_to_official(ours, layout)
+    back = official_vit.ours_to_official(ours, layout)
     assert back.keys() == official.keys()
     for key, value in official.items():
         assert torch.equal(back[key], value), key
@@ -81,13 +81,13 @@ def test_internvit_layout_round_trip_is_exact(norm_type, layout):
 
 def test_resize_position_embedding_keeps_cls_and_matches_bicubic():
     pos = torch.randn(1, 1 + 16, 8, dtype=torch.bfloat16)
-    out = internvit.resize_position_embedding(pos, 6)
+    out = official_vit.resize_position_embedding(pos, 6)
     assert out.shape == (1, 37, 8) and out.dtype == torch.bfloat16
     assert torch.equal(out[:, 0], pos[:, 0])
     grid = pos[:, 1:].float().reshape(1, 4, 4, 8).permute(0, 3, 1, 2)
     expect = F.interpolate(grid, size=(6, 6), mode="bicubic", align_corners=False).permute(0, 2, 3, 1).reshape(1, 36, 8)
     torch.testing.assert_close(out[:, 1:].float(), expect.to(torch.bfloat16).float())
-    assert internvit.resize_position_embedding(pos, 4) is pos
+    assert official_vit.resize_position_embedding(pos, 4) is pos
 
 
 def test_lower_resolution_checkpoint_is_resized_on_load(tmp_path):

@@ -12,8 +12,8 @@ from internvl_train.config import ConfigError
 from internvl_train.models.config import ModelConfig, as_model_config
 from internvl_train.models.flops import (decoder_train_flops_per_token, internvl_c_train_flops_per_sample,
                                          matmul_params, vision_train_flops)
-from internvl_train.models.internvl_c import InternVLC
-from internvl_train.models.internvl_g import InternVLG
+from internvl_train.models.internvl_c.modeling import InternVLC
+from internvl_train.models.internvl_g.modeling import InternVLG
 
 PRESETS = Path(__file__).resolve().parents[2] / "configs" / "model"
 

@@ -5,9 +5,9 @@ import pytest
 import torch
 from internvl_tiny import VOCAB, tiny_config
 
-from internvl_train.models.internvl_c import InternVLC
-from internvl_train.models.internvl_g import InternVLG
-from internvl_train.models.qllama_masks import stage2_attention_mask
+from internvl_train.models.internvl_c.modeling import InternVLC
+from internvl_train.models.internvl_g.modeling import InternVLG
+from internvl_train.models.qllama.masks import stage2_attention_mask
 
 Q, T = 4, 6
 
@@ -122,7 +122,7 @@ def test_heads_shapes_and_ensemble(model):
 def test_stage2_trains_exactly_the_new_parts_and_logit_scale():
     import re
 
-    from internvl_train.models.internvl_g import NEW_IN_G
+    from internvl_train.models.internvl_g.modeling import NEW_IN_G
 
     model = InternVLG(tiny_config())
     for module in model.stage2_frozen_modules():

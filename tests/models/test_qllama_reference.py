@@ -13,9 +13,9 @@ import torch
 import torch.nn.functional as F
 from transformers import LlamaConfig
 
-from internvl_train.models.heads import AttentionPooling
-from internvl_train.models.qllama import QLlamaModel, VisionCrossAttention
-from internvl_train.models.qllama_masks import stage2_attention_mask
+from internvl_train.models.internvl_c.heads import AttentionPooling
+from internvl_train.models.qllama.modeling import QLlamaModel, VisionCrossAttention
+from internvl_train.models.qllama.masks import stage2_attention_mask
 
 WIDTH, HEADS, VISION_WIDTH, LAYERS, Q, T, N_VISION = 32, 4, 24, 3, 4, 5, 7
 EPS, ROPE_THETA = 1e-6, 10000.0

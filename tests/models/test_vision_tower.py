@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from internvl_tiny import tiny_config
 
-from internvl_train.models.vision import DropPath, build_vision_tower
+from internvl_train.models.internvit.modeling import DropPath, build_vision_tower
 
 
 def _tower(drop_path_rate: float = 0.5, checkpointing: bool = False, attn: str = "sdpa"):

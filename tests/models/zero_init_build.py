@@ -15,9 +15,9 @@ import torch.distributed as dist  # noqa: E402
 from internvl_tiny import tiny_config  # noqa: E402
 from transformers.integrations import HfDeepSpeedConfig  # noqa: E402
 
-from internvl_train.models.checkpoint import load_state_into  # noqa: E402
-from internvl_train.models.internvl_c import InternVLC  # noqa: E402
-from internvl_train.models.internvl_g import NEW_IN_G, InternVLG  # noqa: E402
+from internvl_train.models.weights import load_state_into  # noqa: E402
+from internvl_train.models.internvl_c.modeling import InternVLC  # noqa: E402
+from internvl_train.models.internvl_g.modeling import NEW_IN_G, InternVLG  # noqa: E402
 
 dist.init_process_group("gloo", rank=0, world_size=1)
 stage1 = InternVLC(tiny_config())  # built normally, then loaded into a partitioned stage-2 model

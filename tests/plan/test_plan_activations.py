@@ -62,7 +62,7 @@ def measured_activation_bytes(model: torch.nn.Module, cfg, dtype: torch.dtype) -
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 @pytest.mark.parametrize("checkpointing", [False, True])
 def test_estimate_matches_a_measured_forward(precision, checkpointing):
-    from internvl_train.models.internvl_c import InternVLC
+    from internvl_train.models.internvl_c.modeling import InternVLC
 
     flag = str(checkpointing).lower()
     cfg = compose([f"trainer.precision={precision}", f"model.vision.gradient_checkpointing={flag}",

@@ -24,7 +24,7 @@ def _count(text: str) -> float:
 
 
 def _meta_internvl_c_params() -> int:
-    from internvl_train.models.internvl_c import InternVLC
+    from internvl_train.models.internvl_c.modeling import InternVLC
 
     with torch.device("meta"):
         model = InternVLC(compose(["experiment=internvl_c_stage1"]).model)

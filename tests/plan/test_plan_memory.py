@@ -21,7 +21,7 @@ def _plan(overrides: list[str], gpus: int = GPUS):
 
 def _real_tiny_model(cfg, vocab: int):
     """The tiny model the stage builds, on CPU with real weights, frozen by the engine's rule."""
-    from internvl_train.models.internvl_g import InternVLG
+    from internvl_train.models.internvl_g.modeling import InternVLG
 
     model = InternVLG(cfg.model, vocab)
     for param in model.stage2_frozen_parameters():
@@ -44,7 +44,7 @@ def test_all_trainable_bf16_matches_the_zero_formulas(zero_stage, per_rank):
 
 def test_frozen_parameters_hold_only_their_weights():
     """Stage 2 as the paper: the trainable set is exactly InternVL-G's new parts + logit_scale (NEW_IN_G)."""
-    from internvl_train.models.internvl_g import NEW_IN_G
+    from internvl_train.models.internvl_g.modeling import NEW_IN_G
 
     plan = _plan(["stage=generative", "stage.train_qllama=false", "trainer.precision=bf16",
                   "deepspeed.zero_stage=2"])

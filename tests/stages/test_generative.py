@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from internvl_train.app import run
-from internvl_train.models.builder import build_internvl_g
-from internvl_train.models.checkpoint import from_pretrained, read_state_dict
-from internvl_train.models.internvl_g import NEW_IN_G
+from internvl_train.models.internvl_g.build import build_internvl_g
+from internvl_train.models.weights import from_pretrained, read_state_dict
+from internvl_train.models.internvl_g.modeling import NEW_IN_G
 from internvl_train.stages.base import DistInfo
 from internvl_train.stages.generative import GenerativeStage
 

@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from internvl_train.engine.freeze import freeze_modules
-from internvl_train.models.checkpoint import from_pretrained
-from internvl_train.models.generation import greedy_caption_ids
+from internvl_train.models.weights import from_pretrained
+from internvl_train.models.internvl_g.generation import greedy_caption_ids
 from internvl_train.stages.base import DistInfo
 from internvl_train.stages.generative import GenerativeStage
 from internvl_train.stages.generative_eval import _itg_loss_sums
@@ -71,7 +71,7 @@ def test_lora_trains_adapters_only_and_export_merges_them(stage1_export, tmp_pat
         stage.export(model, str(tmp_path / "export"))
         merged = from_pretrained(tmp_path / "export").eval()
         torch.testing.assert_close(merged(vision, ids, mask, task="itg_logits"), expected, rtol=1e-4, atol=1e-4)
-    from internvl_train.models.checkpoint import read_state_dict
+    from internvl_train.models.weights import read_state_dict
 
     exported, stage1 = read_state_dict(tmp_path / "export"), read_state_dict(stage1_export)
     assert not any("lora" in k or "base_layer" in k for k in exported)

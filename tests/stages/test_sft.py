@@ -9,7 +9,7 @@ from sft_helpers import compose_sft
 
 from internvl_train.config import ConfigError
 from internvl_train.engine.freeze import freeze_modules
-from internvl_train.models.checkpoint import from_pretrained
+from internvl_train.models.weights import from_pretrained
 from internvl_train.stages.sft import SftStage
 
 
@@ -62,7 +62,7 @@ def test_packed_and_unpacked_micro_batches_give_the_same_loss(sft_cfg, dist):
     assert torch.allclose(loss_packed, loss_plain, rtol=1e-5, atol=1e-6), (loss_packed, loss_plain)
     # the packing must matter to the model: without per-sample positions the samples would see each other
     from internvl_train.losses.lm import lm_loss
-    from internvl_train.models.chat import chat_forward
+    from internvl_train.models.chat.modeling import chat_forward
 
     with torch.no_grad():
         leaky = chat_forward(model, packed["input_ids"], packed["pixel_values"],
@@ -94,7 +94,7 @@ def test_freeze_switches_select_what_trains(sft_cfg, dist, overrides, check):
 
 
 def test_lora_export_merges_the_adapters(sft_cfg, dist, tmp_path):
-    from internvl_train.models.chat_generate import load_chat_for_inference
+    from internvl_train.inference.prompt import load_chat_for_inference
 
     stage, model = built(sft_cfg("stage.freeze_llm=true", "stage.lora_llm_rank=4", "stage.lora_vision_rank=2",
                                  "stage.lora_dropout=0"), dist)
@@ -150,8 +150,8 @@ def write_tiny_stage1_export(path: Path) -> dict[str, torch.Tensor]:
 
     from data_pipelines.demo import ensure_demo_data
     from internvl_train.app import CONFIG_DIR
-    from internvl_train.models.builder import build_internvl_c
-    from internvl_train.models.checkpoint import save_pretrained
+    from internvl_train.models.internvl_c.build import build_internvl_c
+    from internvl_train.models.weights import save_pretrained
 
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         model_cfg = compose("config", overrides=["model=tiny"]).model

@@ -159,8 +159,8 @@ def read_our_config(path: str | Path) -> tuple[str, Any]:
 
 def from_pretrained(path: str | Path) -> nn.Module:
     """Rebuild the saved model class from its saved config and load its weights (all keys must match)."""
-    from internvl_train.models.internvl_c import InternVLC
-    from internvl_train.models.internvl_g import InternVLG
+    from internvl_train.models.internvl_c.modeling import InternVLC
+    from internvl_train.models.internvl_g.modeling import InternVLG
 
     if not is_our_checkpoint(path):
         raise FileNotFoundError(f"{path}: no {CONFIG_FILE}; for official checkpoints use "

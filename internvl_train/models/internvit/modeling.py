@@ -17,7 +17,7 @@ from torch import nn
 from transformers import InternVLVisionConfig, InternVLVisionModel
 
 from internvl_train.models.config import VisionTowerConfig
-from internvl_train.models.hf_init import construct_hf
+from internvl_train.models.zero3 import construct_hf
 
 
 class DropPath(nn.Module):

@@ -9,8 +9,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from internvl_train.models.internvl_g import InternVLG
-from internvl_train.models.qllama_masks import query_only_mask
+from internvl_train.models.internvl_g.modeling import InternVLG
+from internvl_train.models.qllama.masks import query_only_mask
 
 
 class QLlamaQueries(nn.Module):

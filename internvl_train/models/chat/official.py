@@ -3,8 +3,8 @@
 Official keys: `vision_model.*` (InternViT remote-code naming, fused qkv), `mlp1.{0,1,3}.*`,
 `language_model.*` (a HF causal LM: `language_model.model.*`, `language_model.lm_head.*`).
 Native keys: `model.vision_tower.*`, `model.multi_modal_projector.*`, `model.language_model.*`, `lm_head.*`.
-Reading (safetensors first, torch.load(weights_only=True)) and the InternViT key map are models/checkpoint.py's
-and models/adapters/internvit.py's; this module adds the chat prefixes, config and loading. No remote code.
+Reading (safetensors first, torch.load(weights_only=True)) and the InternViT key map are models/weights.py's
+and models/internvit/official.py's; this module adds the chat prefixes, config and loading. No remote code.
 """
 from __future__ import annotations
 
@@ -18,10 +18,10 @@ import torch
 from transformers import AutoTokenizer, InternVLConfig, InternVLVisionConfig
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
-from internvl_train.models.chat import InternVLChatModel
-from internvl_train.models.adapters import internvit
-from internvl_train.models.chat_llm import IMG_CONTEXT_TOKEN
-from internvl_train.models.checkpoint import read_state_dict
+from internvl_train.models.chat.modeling import InternVLChatModel
+from internvl_train.models.internvit import official as official_vit
+from internvl_train.models.chat.llm import IMG_CONTEXT_TOKEN
+from internvl_train.models.weights import read_state_dict
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ def _swap_prefix(key: str, pairs: tuple, forward: bool) -> Optional[str]:
 def official_chat_to_native(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str]]:
     """Official InternVL-Chat keys -> native keys; returns (converted, unrecognised keys)."""
     vision = {k[len(_VISION_OFFICIAL):]: v for k, v in state.items() if k.startswith(_VISION_OFFICIAL)}
-    out = {_VISION_NATIVE + k: v for k, v in internvit.official_to_ours(vision).items()}  # unknown: kept as-is
+    out = {_VISION_NATIVE + k: v for k, v in official_vit.official_to_ours(vision).items()}  # unknown: kept as-is
     unknown: list[str] = []
     for key, value in state.items():
         if key.startswith(_VISION_OFFICIAL):
@@ -76,7 +76,7 @@ def official_chat_to_native(state: dict[str, torch.Tensor]) -> tuple[dict[str, t
 def native_chat_to_official(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str]]:
     """Native keys -> official InternVL-Chat keys; returns (converted, unrecognised keys)."""
     vision = {k[len(_VISION_NATIVE):]: v for k, v in state.items() if k.startswith(_VISION_NATIVE)}
-    out = {_VISION_OFFICIAL + k: v for k, v in internvit.ours_to_official(vision, layout="hf").items()}
+    out = {_VISION_OFFICIAL + k: v for k, v in official_vit.ours_to_official(vision, layout="hf").items()}
     unknown: list[str] = []
     for key, value in state.items():
         if key.startswith(_VISION_NATIVE):

@@ -16,7 +16,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, LlamaModel
 from transformers.models.llama.modeling_llama import (LlamaDecoderLayer, LlamaPreTrainedModel, LlamaRMSNorm,
                                                       LlamaRotaryEmbedding)
 
-from internvl_train.models.qllama_masks import causal_text_mask
+from internvl_train.models.qllama.masks import causal_text_mask
 
 
 class VisionCrossAttention(nn.Module):

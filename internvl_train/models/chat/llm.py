@@ -10,7 +10,7 @@ from typing import Any, Optional
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PretrainedConfig, PreTrainedModel
 
-from internvl_train.models.chat_config import ChatConfig, ChatLLMConfig
+from internvl_train.models.chat.configuration import ChatConfig, ChatLLMConfig
 
 log = logging.getLogger(__name__)
 

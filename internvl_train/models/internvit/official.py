@@ -1,4 +1,4 @@
-"""Official InternViT weights <-> transformers InternVLVisionModel names (ours).
+"""Official InternViT weights <-> transformers InternVLVisionModel names (ours), and the one loader of them.
 
 Two official layouts:
   hf   (HF remote code, e.g. OpenGVLab/InternViT-6B-224px): `embeddings.{class_embedding, patch_embedding,
@@ -16,6 +16,8 @@ from typing import Mapping
 
 import torch
 import torch.nn.functional as F
+
+from internvl_train.models.weights import LoadReport, load_state_into, read_state_dict
 
 LAYOUTS = ("hf", "pth")
 
@@ -135,3 +137,35 @@ def resize_position_embedding(pos: torch.Tensor, new_grid: int) -> torch.Tensor:
     grid = F.interpolate(grid, size=(new_grid, new_grid), mode="bicubic", align_corners=False)
     grid = grid.permute(0, 2, 3, 1).reshape(1, new_grid * new_grid, -1).to(pos.dtype)
     return torch.cat([cls, grid], dim=1)
+
+
+POSITION_KEY = "embeddings.position_embeddings"
+_WRAPPER_PREFIX = "vision_model."  # InternVL checkpoints (14B, chat) nest the ViT under it
+_PROJECTOR_PREFIX = "clip_projector."  # InternViT-6B-224px ships its CLIP projector in the same file
+
+
+def resize_positions_to(state: dict[str, torch.Tensor], own: Mapping[str, torch.Tensor], key: str) -> str | None:
+    """Resize `state[key]` in place to the grid of `own[key]` (a checkpoint trained at another resolution);
+    return a line for the load report, or None when nothing changed."""
+    if key not in state or key not in own or state[key].shape == own[key].shape:
+        return None
+    grid = int(round((own[key].shape[1] - 1) ** 0.5))
+    before = tuple(state[key].shape)
+    state[key] = resize_position_embedding(state[key], grid)
+    return f"{key} {before} -> {tuple(state[key].shape)}"
+
+
+def load_official_internvit(tower: torch.nn.Module, path: str) -> tuple[LoadReport, dict[str, torch.Tensor]]:
+    """Official InternViT weights (HF layout, .pth naming or ours; `vision_model.`-prefixed or not) into a
+    bare InternVLVisionModel, position embeddings resized to the tower's grid. Heads of other tasks (e.g. a
+    classifier) are reported unused; a surplus ViT layer is an error. Returns the load report and the
+    `clip_projector.*` tensors the file carried (prefix stripped) for the caller that has a projector."""
+    state = read_state_dict(path)
+    if any(k.startswith(_WRAPPER_PREFIX) for k in state):
+        state = {k[len(_WRAPPER_PREFIX):]: v for k, v in state.items() if k.startswith(_WRAPPER_PREFIX)}
+    projector = {k[len(_PROJECTOR_PREFIX):]: v for k, v in state.items() if k.startswith(_PROJECTOR_PREFIX)}
+    vision = official_to_ours({k: v for k, v in state.items() if not k.startswith(_PROJECTOR_PREFIX)})
+    resized = resize_positions_to(vision, tower.state_dict(), POSITION_KEY)
+    report = load_state_into(tower, vision, unused_ok=(r"(?!embeddings\.|encoder\.).*",))
+    report.resized = [resized] if resized else []
+    return report, projector

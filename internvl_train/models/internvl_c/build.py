@@ -1,4 +1,5 @@
-"""Build InternVL-C / InternVL-G and load weights from wherever the config points.
+"""Build InternVL-C, and load InternVL-C / G weights from wherever the config points (internvl_g/build.py
+builds G with the same loader).
 
 Weight source, first that is set: `init_from` (our export of a previous stage, or an official InternVL-14B
 directory), `model.pretrained` (same kinds), else the towers separately: `model.vision.pretrained` (official
@@ -15,30 +16,24 @@ from typing import Any, Mapping, Optional
 
 import torch
 
-from internvl_train.models.adapters import internvit, internvl14b
-from internvl_train.models.checkpoint import LoadReport, load_state_into, read_state_dict
-from internvl_train.models.internvl_c import InternVLC
-from internvl_train.models.internvl_g import NEW_IN_G, InternVLG
+from internvl_train.models.internvit import official as official_vit
+from internvl_train.models.internvl_g import official as internvl14b
+from internvl_train.models.weights import LoadReport, load_state_into, read_state_dict
+from internvl_train.models.internvl_c.modeling import InternVLC
+from internvl_train.models.internvl_g.modeling import NEW_IN_G, InternVLG
 
 log = logging.getLogger(__name__)
 
-POS_KEY = "embeddings.position_embeddings"
 OFFICIAL_LAYOUTS = ("internvl14b", "internvit-hf", "internvit-pth")
 
 
 def build_internvl_c(cfg: Any, vocab_size: Optional[int] = None, init_from: Optional[str] = None) -> InternVLC:
     model = InternVLC(cfg, vocab_size)
-    _load_configured_weights(model, init_from)
+    load_configured_weights(model, init_from)
     return model
 
 
-def build_internvl_g(cfg: Any, vocab_size: Optional[int] = None, init_from: Optional[str] = None) -> InternVLG:
-    model = InternVLG(cfg, vocab_size)
-    _load_configured_weights(model, init_from)
-    return model
-
-
-def _load_configured_weights(model: InternVLC, init_from: Optional[str]) -> None:
+def load_configured_weights(model: InternVLC, init_from: Optional[str]) -> None:
     cfg = model.config
     whole = init_from or cfg.pretrained
     if whole:
@@ -55,15 +50,6 @@ def _load_configured_weights(model: InternVLC, init_from: Optional[str]) -> None
         log.info("no pretrained weights configured: %s is randomly initialised", type(model).__name__)
 
 
-def _resize_pos(state: dict[str, torch.Tensor], own: Mapping[str, torch.Tensor], key: str,
-                report_to: list[str]) -> None:
-    if key in state and key in own and state[key].shape != own[key].shape:
-        grid = int(round((own[key].shape[1] - 1) ** 0.5))
-        before = tuple(state[key].shape)
-        state[key] = internvit.resize_position_embedding(state[key], grid)
-        report_to.append(f"{key} {before} -> {tuple(state[key].shape)}")
-
-
 def load_model_weights(model: InternVLC, path: str | Path) -> LoadReport:
     """Whole-model weights: our save_pretrained directory or an official InternVL-14B checkpoint.
 
@@ -73,10 +59,9 @@ def load_model_weights(model: InternVLC, path: str | Path) -> LoadReport:
     state = read_state_dict(path)
     if internvl14b.is_internvl14b(state):
         state = internvl14b.official_to_ours(state)
-    resized: list[str] = []
-    _resize_pos(state, model.state_dict(), "vision." + POS_KEY, resized)
+    resized = official_vit.resize_positions_to(state, model.state_dict(), "vision." + official_vit.POSITION_KEY)
     report = load_state_into(model, state, **_missing_key_rules(model, state, path))
-    report.resized = resized
+    report.resized = [resized] if resized else []
     return report
 
 
@@ -100,21 +85,11 @@ def _missing_key_rules(model: InternVLC, state: Mapping[str, torch.Tensor], path
 
 
 def load_vision_weights(model: InternVLC, path: str | Path) -> LoadReport:
-    """Official InternViT weights (HF layout, .pth naming or ours; an optional `vision_model.` prefix is
-    stripped) into `model.vision`; a `clip_projector.*` present in the file goes to `model.clip_projector`."""
-    state = read_state_dict(path)
-    if any(k.startswith(internvl14b.VISION_OFFICIAL) for k in state):
-        state = {k[len(internvl14b.VISION_OFFICIAL):]: v for k, v in state.items()
-                 if k.startswith(internvl14b.VISION_OFFICIAL)}
-    projector = {k.split(".", 1)[1]: v for k, v in state.items() if k.startswith("clip_projector.")}
-    vision = internvit.official_to_ours({k: v for k, v in state.items() if not k.startswith("clip_projector.")})
-    resized: list[str] = []
-    _resize_pos(vision, model.vision.state_dict(), POS_KEY, resized)
-    # heads of other tasks (e.g. a classifier) are reported unused; a surplus ViT layer is an error
-    report = load_state_into(model.vision, vision, unused_ok=(r"(?!embeddings\.|encoder\.).*",))
+    """Official InternViT weights into `model.vision`; a `clip_projector.*` in the file goes to
+    `model.clip_projector`."""
+    report, projector = official_vit.load_official_internvit(model.vision, str(path))
     if projector:
         report.loaded += load_state_into(model.clip_projector, projector).loaded
-    report.resized = resized
     return report
 
 
@@ -130,7 +105,7 @@ def official_state_dict(model: InternVLC, layout: str) -> dict[str, torch.Tensor
     if layout == "internvl14b":
         return internvl14b.ours_to_official(model.state_dict())
     if layout in ("internvit-hf", "internvit-pth"):
-        return internvit.ours_to_official(model.vision.state_dict(), layout=layout.split("-")[1])
+        return official_vit.ours_to_official(model.vision.state_dict(), layout=layout.split("-")[1])
     raise ValueError(f"unknown official layout {layout!r}; expected one of {OFFICIAL_LAYOUTS}")
 
 

@@ -162,7 +162,7 @@ def load_chat_for_inference(path: str | Path, dtype: Optional[torch.dtype] = Non
     """(model in eval mode, prompter) from a chat export in either layout (native or official)."""
     from transformers import AutoTokenizer
 
-    from internvl_train.models.chat_checkpoint import load_chat_model
+    from internvl_train.models.chat.official import load_chat_model
 
     root = Path(path)
     tokenizer = AutoTokenizer.from_pretrained(root)  # never trust_remote_code

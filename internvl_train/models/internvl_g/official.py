@@ -10,7 +10,7 @@ from typing import Mapping
 
 import torch
 
-from internvl_train.models.adapters import internvit
+from internvl_train.models.internvit import official as official_vit
 
 VISION_OFFICIAL, TEXT_OFFICIAL = "vision_model.", "qllama."
 VISION_OURS, TEXT_OURS = "vision.", "text."
@@ -27,7 +27,7 @@ def _split(state: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Te
 
 
 def official_to_ours(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    out = {VISION_OURS + k: v for k, v in internvit.official_to_ours(_split(state, VISION_OFFICIAL)).items()}
+    out = {VISION_OURS + k: v for k, v in official_vit.official_to_ours(_split(state, VISION_OFFICIAL)).items()}
     out.update({TEXT_OURS + k: v for k, v in _split(state, TEXT_OFFICIAL).items()
                 if not k.endswith(IGNORED_SUFFIXES)})
     out.update({k: v for k, v in state.items() if not k.startswith((VISION_OFFICIAL, TEXT_OFFICIAL))})
@@ -37,7 +37,7 @@ def official_to_ours(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tenso
 
 
 def ours_to_official(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    vision = internvit.ours_to_official(_split(state, VISION_OURS), layout="hf")
+    vision = official_vit.ours_to_official(_split(state, VISION_OURS), layout="hf")
     out = {VISION_OFFICIAL + k: v for k, v in vision.items()}
     out.update({TEXT_OFFICIAL + k: v for k, v in _split(state, TEXT_OURS).items()})
     out.update({k: v for k, v in state.items() if not k.startswith((VISION_OURS, TEXT_OURS))})

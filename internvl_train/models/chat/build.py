@@ -16,19 +16,18 @@ from typing import Any, Optional
 from torch import nn
 from transformers import AutoTokenizer
 
-from internvl_train.models import checkpoint
-from internvl_train.models.adapters import internvit
-from internvl_train.models.chat import ChatBuild, build_chat_model
-from internvl_train.models.chat_checkpoint import load_chat_model
-from internvl_train.models.chat_llm import add_chat_special_tokens, text_tower_as_llm
+from internvl_train.models import weights
+from internvl_train.models.internvit import official as official_vit
+from internvl_train.models.chat.modeling import ChatBuild, build_chat_model
+from internvl_train.models.chat.official import load_chat_model
+from internvl_train.models.chat.llm import add_chat_special_tokens, text_tower_as_llm
 from internvl_train.models.config import ModelConfig, as_model_config
-from internvl_train.models.internvl_g import InternVLG
-from internvl_train.models.vision import build_vision_tower
+from internvl_train.models.internvl_g.modeling import InternVLG
+from internvl_train.models.internvit.modeling import build_vision_tower
 
 log = logging.getLogger(__name__)
 
 CHAT_MODEL_TYPES = ("internvl", "internvl_chat")
-_POS_KEY = "embeddings.position_embeddings"
 
 
 def is_chat_checkpoint(path: str | Path) -> bool:
@@ -50,8 +49,8 @@ def build_chat_from_config(model_cfg: Any, init_from: Optional[str] = None, toke
                          "is true")
     model_g: Optional[nn.Module] = None
     previous: Optional[nn.Module] = None
-    if init_from and checkpoint.is_our_checkpoint(init_from):
-        previous = checkpoint.from_pretrained(init_from)
+    if init_from and weights.is_our_checkpoint(init_from):
+        previous = weights.from_pretrained(init_from)
         tower = previous.vision
         model_g = previous if isinstance(previous, InternVLG) else None
         log.info("chat ViT%s from the stage export %s", " and QLLaMA" if model_g else "", init_from)
@@ -73,10 +72,10 @@ def _text_tower_llm(cfg: ModelConfig, export: Optional[str], loaded: Optional[nn
     if export is None:
         return None
     if loaded is None:
-        if not checkpoint.is_our_checkpoint(export):
+        if not weights.is_our_checkpoint(export):
             raise FileNotFoundError(f"{export!r} is not a stage-1/2 export: model.chat.llm_from_text_tower takes the "
                                     "LLM from one (run stage 1 first, or set model.chat.llm_from_text_tower=false)")
-        loaded = checkpoint.from_pretrained(export)
+        loaded = weights.from_pretrained(export)
     max_positions = cfg.chat.llm.max_position_embeddings if cfg.chat.llm is not None else None
     llm = text_tower_as_llm(loaded.text, max_positions)
     log.info("chat LLM from the text tower of %s (%d layers, width %d)", export, llm.config.num_hidden_layers,
@@ -85,19 +84,9 @@ def _text_tower_llm(cfg: ModelConfig, export: Optional[str], loaded: Optional[nn
 
 
 def load_official_vision(tower: nn.Module, path: str) -> None:
-    """Official InternViT weights (optionally `vision_model.`-prefixed) into a bare tower; the position
-    embeddings are resized when the checkpoint was trained at another resolution."""
-    state = checkpoint.read_state_dict(path)
-    prefix = "vision_model."
-    if any(k.startswith(prefix) for k in state):
-        state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-    state = internvit.official_to_ours({k: v for k, v in state.items() if not k.startswith("clip_projector.")})
-    own = tower.state_dict()[_POS_KEY]
-    if _POS_KEY in state and state[_POS_KEY].shape != own.shape:
-        grid = int(round((own.shape[1] - 1) ** 0.5))
-        log.info("resizing %s %s -> grid %d", _POS_KEY, tuple(state[_POS_KEY].shape), grid)
-        state[_POS_KEY] = internvit.resize_position_embedding(state[_POS_KEY], grid)
-    log.info("chat ViT from %s: %s", path, checkpoint.load_state_into(tower, state).summary())
+    """Official InternViT weights into the chat model's bare tower (a CLIP projector in the file is unused)."""
+    report, _ = official_vit.load_official_internvit(tower, path)
+    log.info("chat ViT from %s: %s", path, report.summary())
 
 
 def _continue_chat(path: str, tokenizer: Any, gradient_checkpointing: bool) -> ChatBuild:

@@ -14,12 +14,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from internvl_train.models.config import ModelConfig
-from internvl_train.models.heads import AttentionPooling
-from internvl_train.models.hf_init import construct_hf
-from internvl_train.models.internvl_c import InternVLC
-from internvl_train.models.qllama import QLlamaForCausalLM
-from internvl_train.models.qllama_masks import query_only_mask, stage2_attention_mask
-from internvl_train.models.text import llama_config
+from internvl_train.models.internvl_c.heads import AttentionPooling
+from internvl_train.models.zero3 import construct_hf
+from internvl_train.models.internvl_c.modeling import InternVLC
+from internvl_train.models.qllama.modeling import QLlamaForCausalLM
+from internvl_train.models.qllama.masks import query_only_mask, stage2_attention_mask
+from internvl_train.models.internvl_c.text_tower import llama_config
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +28,7 @@ NEW_IN_G = (r"query_tokens", r"text\.model\.layers\.\d+\.cross_attn\..*", r"clip
 
 
 class InternVLG(InternVLC):
-    """InternVL-C + QLLaMA. One QLLaMA forward serves ITM/ITC/ITG through its 4-D mask (qllama_masks)."""
+    """InternVL-C + QLLaMA. One QLLaMA forward serves ITM/ITC/ITG through its 4-D mask (qllama/masks.py)."""
 
     def __init__(self, cfg: Any, vocab_size: Optional[int] = None):
         super().__init__(cfg, vocab_size)
@@ -124,7 +124,7 @@ class InternVLG(InternVLC):
     @classmethod
     def from_internvl_c(cls, model_c: InternVLC, cfg: Optional[Any] = None) -> "InternVLG":
         """InternVL-G inheriting every InternVL-C weight; logs the parameters it creates."""
-        from internvl_train.models.checkpoint import load_state_into
+        from internvl_train.models.weights import load_state_into
 
         cfg = cfg if cfg is not None else model_c.config
         model_g = cls(cfg, vocab_size=model_c.text.config.vocab_size)

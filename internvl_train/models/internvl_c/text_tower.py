@@ -7,7 +7,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from internvl_train.models.config import TextTowerConfig
-from internvl_train.models.hf_init import construct_hf
+from internvl_train.models.zero3 import construct_hf
 
 
 def llama_config(cfg: TextTowerConfig, vocab_size: Optional[int] = None) -> LlamaConfig:

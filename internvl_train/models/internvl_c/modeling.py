@@ -9,9 +9,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from internvl_train.models.config import ModelConfig, as_model_config
-from internvl_train.models.heads import AttentionPooling
-from internvl_train.models.text import build_text_tower, gather_last_token
-from internvl_train.models.vision import build_vision_tower
+from internvl_train.models.internvl_c.heads import AttentionPooling
+from internvl_train.models.internvl_c.text_tower import build_text_tower, gather_last_token
+from internvl_train.models.internvit.modeling import build_vision_tower
 
 
 class InternVLC(nn.Module):

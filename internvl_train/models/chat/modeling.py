@@ -16,14 +16,14 @@ from torch import nn
 from transformers import InternVLConfig, InternVLForConditionalGeneration, InternVLModel, PreTrainedModel
 from transformers.models.internvl.modeling_internvl import InternVLPreTrainedModel
 
-from internvl_train.models.adapters import internvit
-from internvl_train.models.chat_bridge import QLlamaQueries, QueryBridge
-from internvl_train.models.chat_config import ChatConfig
-from internvl_train.models.chat_llm import (
+from internvl_train.models.internvit import official as official_vit
+from internvl_train.models.chat.bridge import QLlamaQueries, QueryBridge
+from internvl_train.models.chat.configuration import ChatConfig
+from internvl_train.models.chat.llm import (
     IMG_CONTEXT_TOKEN, IMG_END_TOKEN, IMG_START_TOKEN, ImageTokenSpec, add_chat_special_tokens, grow_embeddings,
     image_context_token_id, load_or_build_llm, load_tokenizer)
-from internvl_train.models.pixel_shuffle import num_image_token, pixel_shuffle
-from internvl_train.models.vision import follows_transformers_qk_norm, use_configured_qk_norm_eps
+from internvl_train.models.chat.pixel_shuffle import num_image_token, pixel_shuffle
+from internvl_train.models.internvit.modeling import follows_transformers_qk_norm, use_configured_qk_norm_eps
 
 log = logging.getLogger(__name__)
 
@@ -174,7 +174,7 @@ def fit_vision_resolution(tower: nn.Module, image_size: int) -> None:
     if image_size % patch:
         raise ValueError(f"model.chat.force_image_size={image_size} is not a multiple of the ViT patch size {patch}")
     embeddings = tower.embeddings
-    resized = internvit.resize_position_embedding(embeddings.position_embeddings.data, image_size // patch)
+    resized = official_vit.resize_position_embedding(embeddings.position_embeddings.data, image_size // patch)
     embeddings.position_embeddings = nn.Parameter(resized, requires_grad=embeddings.position_embeddings.requires_grad)
     config.image_size = embeddings.image_size = embeddings.patch_embeddings.image_size = (image_size, image_size)
     embeddings.patch_embeddings.patch_shape = (image_size // patch, image_size // patch)

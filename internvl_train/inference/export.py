@@ -16,9 +16,9 @@ from transformers import GenerationConfig, GotOcr2ImageProcessor, InternVLProces
 from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, PILImageResampling
 from transformers.models.internvl.video_processing_internvl import InternVLVideoProcessor
 
-from internvl_train.models.chat import InternVLChatModel
-from internvl_train.models.chat_checkpoint import native_chat_to_official
-from internvl_train.models.chat_generate import ChatPrompter, PromptSettings
+from internvl_train.models.chat.modeling import InternVLChatModel
+from internvl_train.models.chat.official import native_chat_to_official
+from internvl_train.inference.prompt import ChatPrompter, PromptSettings
 
 log = logging.getLogger(__name__)
 

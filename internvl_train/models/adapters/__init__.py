@@ -1,1 +1,0 @@
-"""Checkpoint adapters: official key layouts <-> our parameter names (pure state-dict functions)."""

@@ -1,0 +1,1 @@
+"""InternVL-G (stage 2): InternVL-C + QLLaMA, its build, the official InternVL-14B layout, greedy captions."""

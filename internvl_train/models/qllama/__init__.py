@@ -1,0 +1,1 @@
+"""QLLaMA: LLaMA decoder layers with cross-attention into the ViT, and the ITM/ITC/ITG attention masks."""
