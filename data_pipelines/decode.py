@@ -21,6 +21,7 @@ from torchvision import transforms as T
 
 from data_pipelines.config import AugmentConfig
 from data_pipelines.shards import ALLOWED_IMAGE_FORMATS, IMAGE_EXTENSIONS  # noqa: F401  (re-exported)
+from data_pipelines.skip import SkipSample
 
 MAX_LABEL = 2**63 - 1  # labels become int64 tensors
 _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
@@ -31,12 +32,6 @@ MEAN_STD = {
 SKIP_REASONS = ("missing_image", "corrupt_image", "truncated_image", "oversized_image", "extreme_aspect_ratio",
                 "unsupported_image_format", "missing_caption", "empty_caption", "bad_json", "bad_label",
                 "pickle_member", "oversized_member", "truncated_tar", "unreadable_shard")
-
-
-class SkipSample(Exception):
-    def __init__(self, reason: str, detail: str = ""):
-        super().__init__(f"{reason}: {detail}" if detail else reason)
-        self.reason = reason
 
 
 def build_geometry(image_size: int, augment: Optional[AugmentConfig] = None,

@@ -12,9 +12,10 @@ import torch
 
 from data_pipelines import eval_formats as formats
 from data_pipelines.config import DataConfig, EvalSetConfig, expand_urls
-from data_pipelines.decode import (IMAGE_EXTENSIONS, Normalize, SkipSample, build_geometry, caption_and_label,
+from data_pipelines.decode import (IMAGE_EXTENSIONS, Normalize, build_geometry, caption_and_label,
                                    decode_image, image_bytes, to_uint8_tensor)
 from data_pipelines.shards import BadSample, read_samples, shard_sample_count
+from data_pipelines.skip import SkipSample
 from data_pipelines.stream import RateLimitedLog
 
 

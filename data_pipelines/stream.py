@@ -17,9 +17,10 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from data_pipelines import plan
-from data_pipelines.decode import (Normalize, SkipSample, caption_and_label, decode_image, image_bytes,
+from data_pipelines.decode import (Normalize, caption_and_label, decode_image, image_bytes,
                                    to_uint8_tensor)
 from data_pipelines.shards import BadSample, Entry, iter_samples, read_samples
+from data_pipelines.skip import SkipSample
 
 log = logging.getLogger(__name__)
 # that many undecodable samples in a row means the data is broken, not noisy: stop instead of spinning

@@ -9,10 +9,9 @@ from typing import Any
 
 _EXPORTS = {
     "build_sft_loader": "build", "SftDataConfig": "config", "SftLoader": "loader",
-    "IGNORE_INDEX": "encode", "IMAGE_SPECIAL_TOKENS": "encode", "IMG_CONTEXT": "encode", "IMG_END": "encode",
-    "IMG_START": "encode", "ConversationEncoder": "encode", "EncodedSample": "encode", "EncoderSettings": "encode",
-    "add_image_tokens": "encode", "block_causal_mask": "packing", "collate_rows": "packing",
-    "cu_seqlens_from_sample_ids": "packing", "loss_weights_for": "packing", "read_vqa_jsonl": "source",
+    "ConversationEncoder": "encode", "EncodedSample": "encode", "EncoderSettings": "encode",
+    "block_causal_mask": "packing", "collate_rows": "packing",
+    "cu_seqlens_from_sample_ids": "packing", "read_vqa_jsonl": "source",
     "resolve_heldout_vqa": "build",
     "TEMPLATES": "templates", "TEMPLATE_NAMES": "templates",
 }

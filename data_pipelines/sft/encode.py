@@ -17,30 +17,16 @@ import torch
 from PIL import Image
 
 from data_pipelines import decode
+from data_pipelines.skip import SkipSample
 from data_pipelines.sft.source import DatasetSpec
 from data_pipelines.sft.templates import (TEMPLATES, TOKENIZER_TEMPLATE, Piece, TemplateMismatch,
                                           render_with_chat_template)
 from data_pipelines.tiling import build_tile_transform, image_to_tiles, num_tiles_for, tiles_per_image
+from internvl_train.losses.labels import IGNORE_INDEX
+from internvl_train.models.chat.tokens import IMG_CONTEXT_TOKEN, IMG_END_TOKEN, IMG_START_TOKEN, image_token_ids
 
-IGNORE_INDEX = -100
 IMAGE_PLACEHOLDER = "<image>"
-IMG_START, IMG_END, IMG_CONTEXT = "<img>", "</img>", "<IMG_CONTEXT>"
-# Added to the tokenizer in this order by the chat model (official order).
-IMAGE_SPECIAL_TOKENS = [IMG_START, IMG_END, IMG_CONTEXT, "<quad>", "</quad>", "<ref>", "</ref>", "<box>", "</box>"]
 _ROLES = {"human": "human", "user": "human", "gpt": "gpt", "assistant": "gpt"}
-
-
-def add_image_tokens(tokenizer: Any) -> int:
-    """Add the InternVL image special tokens (official order) where missing; returns how many were added.
-    The model must resize its embeddings when this is > 0."""
-    return tokenizer.add_special_tokens({"additional_special_tokens": IMAGE_SPECIAL_TOKENS},
-                                        replace_extra_special_tokens=False)
-
-
-class SkipSample(Exception):
-    def __init__(self, reason: str, detail: str = ""):
-        super().__init__(f"{reason}: {detail}" if detail else reason)
-        self.reason = reason
 
 
 @dataclass
@@ -120,7 +106,7 @@ def place_image_tokens(turns: list[tuple[str, str]], num_images: int) -> list[tu
         turns = [(turns[0][0], prefix + turns[0][1]), *turns[1:]]
     elif count != num_images:
         raise SkipSample("image_placeholder_mismatch", f"{count} <image> for {num_images} images")
-    block = IMG_START + IMG_CONTEXT + IMG_END
+    block = IMG_START_TOKEN + IMG_CONTEXT_TOKEN + IMG_END_TOKEN
     return [(role, text.replace(IMAGE_PLACEHOLDER, block)) for role, text in turns]
 
 
@@ -158,7 +144,7 @@ def load_images(record: dict[str, Any], spec: DatasetSpec, max_pixels: int = 50_
         try:
             with decode.open_image(path, max_pixels, max_aspect_ratio) as im:
                 refs.append(ImageRef(path, im.width, im.height))
-        except decode.SkipSample as e:
+        except SkipSample as e:
             raise _image_skip(p, e) from None
     return refs
 
@@ -170,11 +156,11 @@ def decode_image_file(ref: ImageRef, max_pixels: int, max_aspect_ratio: float) -
             return decode.load_rgb(decode.open_image(f, max_pixels, max_aspect_ratio))
     except OSError as e:
         raise SkipSample("bad_image", f"{ref.path}: {e}") from None
-    except decode.SkipSample as e:
+    except SkipSample as e:
         raise _image_skip(ref.path, e) from None
 
 
-def _image_skip(path: str, e: "decode.SkipSample") -> SkipSample:
+def _image_skip(path: str, e: SkipSample) -> SkipSample:
     return SkipSample(_IMAGE_REASONS.get(e.reason, e.reason), f"{path}: {e}")
 
 
@@ -186,11 +172,7 @@ class ConversationEncoder:
             raise ValueError("the SFT pipeline needs a fast tokenizer (character offsets); load it with use_fast=True")
         self.tok, self.s = tokenizer, settings
         self.template = TEMPLATES.get(settings.template)
-        ids = {t: tokenizer.convert_tokens_to_ids(t) for t in (IMG_START, IMG_END, IMG_CONTEXT)}
-        if any(i is None or i == tokenizer.unk_token_id for i in ids.values()):
-            raise ValueError("tokenizer lacks <img>/</img>/<IMG_CONTEXT>: add IMAGE_SPECIAL_TOKENS "
-                             "(data_pipelines.sft.add_image_tokens) before building the SFT loader")
-        self.img_start, self.img_end, self.img_context = ids[IMG_START], ids[IMG_END], ids[IMG_CONTEXT]
+        self.img_start, self.img_end, self.img_context = image_token_ids(tokenizer)
         self.transform = build_tile_transform(settings.image_size)
         self.bos = self._bos_id()
         self.bad_markers = [m for m in (self.template.markers if self.template else ())

@@ -17,7 +17,8 @@ from typing import Any, Iterator, Mapping, Optional, Union
 
 import numpy as np
 
-from data_pipelines.sft.encode import ConversationEncoder, EncodedSample, SkipSample
+from data_pipelines.sft.encode import ConversationEncoder, EncodedSample
+from data_pipelines.skip import SkipSample
 from data_pipelines.sft.packing import collate_rows
 from data_pipelines.sft.source import ConversationSource
 from data_pipelines.sft.templates import TemplateMismatch

@@ -11,18 +11,9 @@ from typing import Any, Sequence
 
 import torch
 
-from data_pipelines.sft.encode import IGNORE_INDEX, EncodedSample
-
-
-def loss_weights_for(labels: torch.Tensor, reduction: str) -> torch.Tensor:
-    """Per-token weight of one sample: token 1, sample 1/n, square 1/sqrt(n) (n = supervised tokens), 0 where
-    the label is ignored. The stage's loss is sum(w * ce) / sum(w) over the (global) batch."""
-    supervised = labels != IGNORE_INDEX
-    n = int(supervised.sum())
-    if n == 0:
-        return torch.zeros(labels.shape, dtype=torch.float32)
-    scale = {"token": 1.0, "sample": 1.0 / n, "square": 1.0 / math.sqrt(n)}[reduction]
-    return supervised.float() * scale
+from data_pipelines.sft.encode import EncodedSample
+from internvl_train.losses.labels import IGNORE_INDEX
+from internvl_train.losses.lm import sample_loss_weights
 
 
 def collate_rows(rows: Sequence[Sequence[EncodedSample]], pad_id: int, reduction: str,
@@ -49,7 +40,7 @@ def collate_rows(rows: Sequence[Sequence[EncodedSample]], pad_id: int, reduction
             batch["attention_mask"][r, sl] = 1
             batch["position_ids"][r, sl] = torch.arange(n)
             batch["sample_ids"][r, sl] = k
-            batch["loss_weights"][r, sl] = loss_weights_for(s.labels, reduction)
+            batch["loss_weights"][r, sl] = sample_loss_weights(s.labels, reduction)
             pixels.append(s.pixel_values)
             num_tiles += s.num_tiles
             pos += n

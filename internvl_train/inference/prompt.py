@@ -16,10 +16,10 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from data_pipelines.sft.encode import (ConversationEncoder, EncoderSettings, IMAGE_PLACEHOLDER, IMG_CONTEXT,
-                                      place_image_tokens)
+from data_pipelines.sft.encode import ConversationEncoder, EncoderSettings, IMAGE_PLACEHOLDER, place_image_tokens
 from data_pipelines.sft.templates import TEMPLATES, jinja_chat_template, with_default_system
 from data_pipelines.tiling import image_to_tiles, tiles_per_image
+from internvl_train.models.chat.tokens import IMG_CONTEXT_TOKEN, image_context_token_id
 
 Turn = tuple[str, str]  # (role, text), role "human" | "gpt"
 _NO_LIMIT = 1 << 30
@@ -67,7 +67,7 @@ class ChatPrompter:
             num_image_token=settings.num_image_token, image_size=settings.image_size, min_tiles=settings.min_tiles,
             max_tiles=settings.max_tiles, use_thumbnail=settings.use_thumbnail, dynamic=settings.dynamic,
             max_seq_len=_NO_LIMIT, max_tiles_per_sample=_NO_LIMIT))
-        self.context_id = tokenizer.convert_tokens_to_ids(IMG_CONTEXT)
+        self.context_id = image_context_token_id(tokenizer)
 
     def stop_token_ids(self) -> list[int]:
         """The answer's end marker (`<|im_end|>`, `</s>`) first, then the tokenizer's EOS if different."""
@@ -84,7 +84,7 @@ class ChatPrompter:
             own = getattr(self.tokenizer, "chat_template", None)
             return with_default_system(own, system) if own and system is not None else own
         bos = self.tokenizer.bos_token if self.encoder.bos is not None else None
-        return jinja_chat_template(template, system, bos, IMG_CONTEXT, IMAGE_PLACEHOLDER)
+        return jinja_chat_template(template, system, bos, IMG_CONTEXT_TOKEN, IMAGE_PLACEHOLDER)
 
     def tiles(self, images: Sequence[Image.Image]) -> list[torch.Tensor]:
         s = self.settings

@@ -2,7 +2,8 @@
 from .combine import combine_losses
 from .contrastive_accumulation import CachedEmbeddings, contrastive_accumulation_step
 from .itc import MAX_LOGIT_SCALE, build_clip_loss, clamp_logit_scale_, itc_loss, scaled_logit_scale
-from .itg import IGNORE_INDEX, itg_labels, itg_loss, next_token_ce
+from .itg import itg_labels, itg_loss, next_token_ce
+from .labels import IGNORE_INDEX
 from .itm import ItmNegatives, ItmOutput, itm_loss, sample_itm_negatives
 from .lm import lm_loss, lm_loss_terms, token_loss_weights
 

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from open_clip.loss import ClipLoss
 
-from internvl_train.losses.itg import IGNORE_INDEX
+from internvl_train.losses.labels import IGNORE_INDEX
 
 MAX_LOGIT_SCALE = math.log(100.0)  # CLIP's clamp: temperature never below 1/100
 INIT_LOGIT_SCALE = math.log(1 / 0.07)  # CLIP / InternVL initial log-scale

@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-IGNORE_INDEX = -100
+from internvl_train.losses.labels import IGNORE_INDEX
 
 
 def itg_labels(

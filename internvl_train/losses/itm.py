@@ -19,7 +19,7 @@ from typing import Callable, Literal
 import torch
 import torch.nn.functional as F
 
-from internvl_train.losses.itg import IGNORE_INDEX
+from internvl_train.losses.labels import IGNORE_INDEX
 
 HARD_NEGATIVE_EPS = 1e-4  # BLIP-2's additive epsilon on the softmax weights
 

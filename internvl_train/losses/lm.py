@@ -2,7 +2,8 @@
 
 The data pipeline supplies `loss_weights` [B, T] aligned with `labels` (the weight of the token at that
 label position): InternVL's loss reductions `token` (1), `sample` (1/n) and `square` (1/sqrt(n)), n = the
-sample's supervised tokens; `token_loss_weights` builds them. The loss is sum(w * CE) / sum(w) over the
+sample's supervised tokens; `token_loss_weights` builds them for a batch, `sample_loss_weights` for one sample
+(the SFT collator), both from `reduction_scale`. The loss is sum(w * CE) / sum(w) over the
 supervised targets. With `position_ids` (packing resets them to 0 at each sample start) the first token of a
 sample is never a target of the previous sample's last logit, so a packed row gives exactly the loss of its
 samples laid out in separate rows.
@@ -13,7 +14,8 @@ from typing import Literal
 
 import torch
 
-from .itg import IGNORE_INDEX, next_token_ce
+from .itg import next_token_ce
+from .labels import IGNORE_INDEX, LOSS_REDUCTIONS
 
 Reduction = Literal["token", "sample", "square"]
 
@@ -60,8 +62,7 @@ def token_loss_weights(
     labels: torch.Tensor, reduction: Reduction, position_ids: torch.Tensor | None = None
 ) -> torch.Tensor:
     """[B, T] weights for InternVL's loss reductions; samples are delimited by position_ids resets."""
-    if reduction not in ("token", "sample", "square"):
-        raise ValueError(f"token_loss_weights: reduction must be token, sample or square, got {reduction!r}.")
+    _check_reduction(reduction)
     targets = torch.cat([torch.full_like(labels[:, :1], IGNORE_INDEX), _targets(labels, position_ids)], dim=1)
     starts = torch.zeros_like(labels, dtype=torch.bool)
     starts[:, 0] = True
@@ -71,5 +72,23 @@ def token_loss_weights(
     supervised = (targets.reshape(-1) != IGNORE_INDEX).float()
     counts = torch.zeros(int(sample_id[-1]) + 1, device=labels.device)
     counts = counts.index_add_(0, sample_id, supervised).clamp_(min=1)
-    per_token = {"token": torch.ones_like(counts), "sample": 1 / counts, "square": counts.rsqrt()}[reduction]
-    return per_token[sample_id].reshape(labels.shape)
+    return reduction_scale(counts, reduction)[sample_id].reshape(labels.shape)
+
+
+def sample_loss_weights(labels: torch.Tensor, reduction: Reduction) -> torch.Tensor:
+    """[n] weights of one sample's labels: its reduction scale where supervised, 0 where ignored."""
+    _check_reduction(reduction)
+    supervised = labels != IGNORE_INDEX
+    count = supervised.sum().float().clamp(min=1).reshape(1)
+    return supervised.float() * reduction_scale(count, reduction)
+
+
+def reduction_scale(counts: torch.Tensor, reduction: Reduction) -> torch.Tensor:
+    """Per-sample token weight from the samples' supervised-token counts (>= 1): token 1, sample 1/n,
+    square 1/sqrt(n) (InternVL's loss_reduction)."""
+    return {"token": torch.ones_like(counts), "sample": 1 / counts, "square": counts.rsqrt()}[reduction]
+
+
+def _check_reduction(reduction: str) -> None:
+    if reduction not in LOSS_REDUCTIONS:
+        raise ValueError(f"loss reduction must be one of {LOSS_REDUCTIONS}, got {reduction!r}.")

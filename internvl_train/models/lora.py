@@ -13,16 +13,29 @@ def has_lora(model: nn.Module) -> bool:
     return any(part.startswith("lora_") for name, _ in model.named_parameters() for part in name.split("."))
 
 
+class OwnParameters(nn.Module):
+    """The parameters a module holds itself, not its children's: how a frozen set names the own weights of a
+    module that also holds adapters (InternViT's layer scales lambda_1/2 next to its LoRA'd attention)."""
+
+    def __init__(self, owner: nn.Module):
+        super().__init__()
+        object.__setattr__(self, "owner", owner)  # not a submodule: parameters() must not recurse into it
+
+    def named_parameters(self, prefix: str = "", recurse: bool = True, remove_duplicate: bool = True):
+        return self.owner.named_parameters(prefix, recurse=False, remove_duplicate=remove_duplicate)
+
+
 def without_lora(modules: Iterable[nn.Module]) -> list[nn.Module]:
-    """The same modules, descending into any that holds LoRA weights and leaving those weights out."""
+    """The same modules with every LoRA weight left out, for a frozen set: a module without adapters as it
+    is; one holding adapters split into its children without them plus its own parameters (OwnParameters)."""
     out: list[nn.Module] = []
     for module in modules:
         if not has_lora(module):
             out.append(module)
             continue
-        for name, child in module.named_children():
-            if not name.startswith("lora_"):
-                out.extend(without_lora([child]))
+        if any(True for _ in module.parameters(recurse=False)):
+            out.append(OwnParameters(module))
+        out.extend(without_lora([child for name, child in module.named_children() if not name.startswith("lora_")]))
     return out
 
 

@@ -176,7 +176,7 @@ def _chat_tokenizer(cfg: Any, mcfg: ModelConfig, export: Optional[str], notes: l
     for path in candidates:
         if path and os.path.isfile(os.path.join(path, "tokenizer_config.json")):
             return _load_tokenizer(path)
-    from internvl_train.models.chat_tiny import build_tiny_tokenizer
+    from internvl_train.plan.standin_tokenizer import build_tiny_tokenizer
 
     notes.append("tokenizer: none found; the chat special tokens are assumed to fit the LLM vocabulary")
     return build_tiny_tokenizer()

@@ -11,6 +11,7 @@ from torch import nn
 from internvl_train.config import ConfigError
 from internvl_train.models.chat.modeling import InternVLChatModel, chat_parts
 from internvl_train.models.chat.build import is_chat_checkpoint
+from internvl_train.models.lora import without_lora
 from internvl_train.stages.contrastive import locked_modules
 
 log = logging.getLogger(__name__)
@@ -108,7 +109,7 @@ def frozen_parts(model: InternVLChatModel, stage: Any) -> list[nn.Module]:
     vision = model.model.vision_tower
     if stage.freeze_vision:
         if stage.lora_vision_rank:
-            frozen += _non_adapter_modules(vision)
+            frozen += without_lora([vision])
         elif stage.unfreeze_vision_last_k:
             frozen += locked_modules(vision.encoder.layer, vision, stage.unfreeze_vision_last_k)
         else:
@@ -116,13 +117,5 @@ def frozen_parts(model: InternVLChatModel, stage: Any) -> list[nn.Module]:
     if stage.freeze_mlp:
         frozen += parts["mlp"]
     if stage.freeze_llm:
-        frozen += [m for part in parts["llm"] for m in _non_adapter_modules(part)] if stage.lora_llm_rank \
-            else parts["llm"]
+        frozen += without_lora(parts["llm"]) if stage.lora_llm_rank else parts["llm"]
     return frozen
-
-
-def _non_adapter_modules(module: nn.Module) -> list[nn.Module]:
-    return [m for name, m in module.named_modules()
-            if "lora_" not in name and any(True for _ in m.parameters(recurse=False))]
-
-

@@ -12,7 +12,8 @@ import pytest
 from PIL import Image
 
 from data_pipelines.config import EvalSetConfig
-from data_pipelines.decode import SkipSample, decode_image
+from data_pipelines.decode import decode_image
+from data_pipelines.skip import SkipSample
 from data_pipelines.eval_sets import build_pair_eval_set
 from data_pipelines.pairs import build_pair_loader
 from data_pipelines.shards import iter_samples, read_samples

@@ -9,7 +9,7 @@ import pytest
 from data_pipelines.demo import DemoPaths
 from data_pipelines.demo import scenes
 from data_pipelines.demo.sft import ensure_demo_sft
-from data_pipelines.demo.sft_fixtures import build_byte_bpe_tokenizer
+from tests.data.sft_fixtures import build_byte_bpe_tokenizer
 from data_pipelines.sft import SftDataConfig, build_sft_loader, read_vqa_jsonl
 
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from data_pipelines.demo.sft_fixtures import build_byte_bpe_tokenizer, qa_record, write_color_images
+from tests.data.sft_fixtures import build_byte_bpe_tokenizer, qa_record, write_color_images
 from data_pipelines.sft import SftDataConfig, build_sft_loader
 from data_pipelines.sft.encode import EncodedSample
 from tests.data.helpers import EPS, gradient_16bit

@@ -6,10 +6,10 @@ import os
 import pytest
 import torch
 
-from data_pipelines.demo.sft_fixtures import (build_byte_bpe_tokenizer, qa_record, write_color_images,
+from tests.data.sft_fixtures import (build_byte_bpe_tokenizer, qa_record, write_color_images,
                                               write_meta_dataset)
 from data_pipelines.sft import SftDataConfig, build_sft_loader
-from data_pipelines.sft.encode import IGNORE_INDEX
+from internvl_train.losses.labels import IGNORE_INDEX
 
 NIT, SIZE = 4, 28
 

@@ -5,9 +5,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from data_pipelines.sft.encode import IGNORE_INDEX, EncodedSample
-from data_pipelines.sft.packing import (block_causal_mask, collate_rows, cu_seqlens_from_sample_ids,
-                                        loss_weights_for)
+from data_pipelines.sft.encode import EncodedSample
+from data_pipelines.sft.packing import block_causal_mask, collate_rows, cu_seqlens_from_sample_ids
+from internvl_train.losses.labels import IGNORE_INDEX
+from internvl_train.losses.lm import sample_loss_weights
 
 
 def fake_sample(n_tokens, n_supervised, tiles=()):
@@ -45,7 +46,7 @@ def test_loss_weight_sums(reduction, per_sample):
     for row, samples in enumerate(ROWS):
         for k, s in enumerate(samples):
             assert w[row][sid[row] == k].sum().item() == pytest.approx(per_sample(s.num_supervised))
-    assert loss_weights_for(torch.full((4,), IGNORE_INDEX), reduction).sum() == 0
+    assert sample_loss_weights(torch.full((4,), IGNORE_INDEX), reduction).sum() == 0
 
 
 def test_block_mask_makes_packed_attention_equal_separate_attention():

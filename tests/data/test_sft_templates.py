@@ -3,8 +3,10 @@ template/tokenizer mismatch is an error with a reason, never an all-masked sampl
 import pytest
 import torch
 
-from data_pipelines.demo.sft_fixtures import build_byte_bpe_tokenizer, qa_record, write_color_images
-from data_pipelines.sft.encode import (IGNORE_INDEX, ConversationEncoder, EncoderSettings, SkipSample)
+from tests.data.sft_fixtures import build_byte_bpe_tokenizer, qa_record, write_color_images
+from data_pipelines.sft.encode import ConversationEncoder, EncoderSettings
+from data_pipelines.skip import SkipSample
+from internvl_train.losses.labels import IGNORE_INDEX
 from data_pipelines.sft.source import DatasetSpec
 from data_pipelines.sft.templates import TEMPLATES, VICUNA_SYSTEM, TemplateMismatch
 
@@ -110,7 +112,7 @@ def _tokenizer_without_chatml():
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    from data_pipelines.sft.encode import add_image_tokens
+    from internvl_train.models.chat.tokens import add_chat_special_tokens
 
     core = Tokenizer(models.BPE(unk_token="<unk>"))
     core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -120,7 +122,7 @@ def _tokenizer_without_chatml():
     core.train_from_iterator(["hello world"], trainer=trainer)
     tok = PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
                                   unk_token="<unk>")
-    add_image_tokens(tok)
+    add_chat_special_tokens(tok)
     return tok
 
 
@@ -186,7 +188,7 @@ def test_token_straddling_a_supervised_boundary_is_a_mismatch(tok):
 
 
 def test_loader_counts_template_mismatches_and_stops(tmp_path):
-    from data_pipelines.demo.sft_fixtures import write_meta_dataset
+    from tests.data.sft_fixtures import write_meta_dataset
     from data_pipelines.sft import SftDataConfig, build_sft_loader
 
     meta = write_meta_dataset(str(tmp_path), {"d": [qa_record(None, [("q", "a")])] * 6})
@@ -214,13 +216,13 @@ def test_demo_tokenizer_speaks_every_template(tmp_path_factory, spec, template):
     from transformers import AutoTokenizer
 
     from data_pipelines.demo.tokenizer import build_tokenizer
-    from data_pipelines.sft.encode import add_image_tokens
+    from internvl_train.models.chat.tokens import add_chat_special_tokens
 
     folder = tmp_path_factory.getbasetemp() / "demo_tok"
     if not folder.exists():
         build_tokenizer(["a red circle", "a blue square"], str(folder))
     tok = AutoTokenizer.from_pretrained(str(folder))
-    assert add_image_tokens(tok) == 9 and tok.pad_token_id == 0
+    assert len(add_chat_special_tokens(tok)) == 9 and tok.pad_token_id == 0
     sample = ConversationEncoder(tok, settings(template, system_message="Be brief.")).encode(
         qa_record("img_0000.png", EXCHANGES), spec)
     end, lead = ("</s>", " ") if template == "vicuna_v1" else ("<|im_end|>", "")

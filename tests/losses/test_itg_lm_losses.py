@@ -6,7 +6,8 @@ import torch
 import torch.nn.functional as F
 
 from internvl_train.losses.combine import combine_losses
-from internvl_train.losses.itg import IGNORE_INDEX as I, itg_labels, itg_loss
+from internvl_train.losses.itg import itg_labels, itg_loss
+from internvl_train.losses.labels import IGNORE_INDEX as I
 from internvl_train.losses.lm import lm_loss, token_loss_weights
 
 

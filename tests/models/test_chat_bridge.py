@@ -6,10 +6,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from internvl_train.models.chat.modeling import build_chat_model, chat_forward, chat_parts, image_token_spec
+from internvl_train.models.chat.modeling import build_chat_model, chat_forward, chat_parts
+from tests.models.chat_spec import image_token_spec
 from internvl_train.models.chat.configuration import ChatConfig, ChatLLMConfig
 from internvl_train.inference.export import export_native, export_official
-from internvl_train.models.chat_tiny import build_tiny_tokenizer
+from internvl_train.plan.standin_tokenizer import build_tiny_tokenizer
 from internvl_train.models.weights import read_state_dict
 from internvl_train.models.config import ModelConfig, QLLaMAConfig, TextTowerConfig, VisionTowerConfig
 from internvl_train.models.internvl_g.modeling import InternVLG

@@ -15,7 +15,7 @@ from internvl_train.models.chat.modeling import chat_forward
 from internvl_train.models.chat.build import build_chat_from_config
 from internvl_train.models.chat.configuration import ChatConfig, ChatLLMConfig
 from internvl_train.inference.export import export_native
-from internvl_train.models.chat_tiny import build_tiny_tokenizer
+from internvl_train.plan.standin_tokenizer import build_tiny_tokenizer
 from internvl_train.models.config import ModelConfig
 from tests.models.test_chat_bridge import tiny_internvl_g
 from tests.models.test_chat_model import IMAGE, one_thread  # noqa: F401 (autouse)

@@ -6,10 +6,11 @@ import torch
 from transformers import InternVLVisionConfig, InternVLVisionModel
 from transformers.models.internvl.modeling_internvl import InternVLModel
 
-from internvl_train.models.chat.modeling import build_chat_model, chat_forward, image_token_spec
+from internvl_train.models.chat.modeling import build_chat_model, chat_forward
+from tests.models.chat_spec import image_token_spec
 from internvl_train.models.chat.configuration import ChatConfig, ChatLLMConfig
-from internvl_train.models.chat.llm import CHAT_SPECIAL_TOKENS
-from internvl_train.models.chat_tiny import build_tiny_tokenizer
+from internvl_train.models.chat.tokens import CHAT_SPECIAL_TOKENS
+from internvl_train.plan.standin_tokenizer import build_tiny_tokenizer
 from internvl_train.models.chat.pixel_shuffle import num_image_token, pixel_shuffle
 
 IMAGE = 56  # 4x4 patches of 14 -> 2x2 = 4 LLM tokens per tile

@@ -11,9 +11,10 @@ from omegaconf import OmegaConf
 from transformers import InternVLVisionModel
 
 from internvl_train.config import ConfigError
-from internvl_train.models.chat.modeling import build_chat_model, image_token_spec
+from internvl_train.models.chat.modeling import build_chat_model
+from tests.models.chat_spec import image_token_spec
 from internvl_train.models.chat.configuration import ChatConfig, ChatLLMConfig
-from internvl_train.models.chat_tiny import build_tiny_tokenizer
+from internvl_train.plan.standin_tokenizer import build_tiny_tokenizer
 from internvl_train.models.config import ModelConfig
 from internvl_train.models.internvit.modeling import build_vision_tower, internvl_vision_config
 from tests.models.test_chat_model import one_thread  # noqa: F401 (autouse)

@@ -93,6 +93,17 @@ def test_freeze_switches_select_what_trains(sft_cfg, dist, overrides, check):
     assert check(trainable(model, stage))
 
 
+@pytest.mark.parametrize("part, overrides", [
+    ("vision_tower", ["stage.lora_vision_rank=2"]),  # a frozen ViT: its layer scales freeze, its adapters train
+    ("language_model", ["stage.lora_llm_rank=4"]),
+])
+def test_lora_on_a_frozen_part_trains_exactly_its_adapters(sft_cfg, dist, part, overrides):
+    stage, model = built(sft_cfg("stage.freeze_llm=true", "stage.freeze_mlp=true", *overrides), dist)
+    adapters = {n for n, _ in model.named_parameters() if "lora_" in n}
+    assert adapters and all(part in n for n in adapters)
+    assert trainable(model, stage) == adapters
+
+
 def test_lora_export_merges_the_adapters(sft_cfg, dist, tmp_path):
     from internvl_train.inference.prompt import load_chat_for_inference
 

@@ -20,7 +20,8 @@ from internvl_train.models import weights
 from internvl_train.models.internvit import official as official_vit
 from internvl_train.models.chat.modeling import ChatBuild, build_chat_model
 from internvl_train.models.chat.official import load_chat_model
-from internvl_train.models.chat.llm import add_chat_special_tokens, text_tower_as_llm
+from internvl_train.models.chat.llm import text_tower_as_llm
+from internvl_train.models.chat.tokens import add_chat_special_tokens, image_context_token_id
 from internvl_train.models.config import ModelConfig, as_model_config
 from internvl_train.models.internvl_g.modeling import InternVLG
 from internvl_train.models.internvit.modeling import build_vision_tower
@@ -96,7 +97,7 @@ def _continue_chat(path: str, tokenizer: Any, gradient_checkpointing: bool) -> C
     if new_tokens:
         raise ValueError(f"{path}: the tokenizer lacks {new_tokens}; give the tokenizer the chat model was "
                          "trained with")
-    model, _ = load_chat_model(path, tokenizer.convert_tokens_to_ids("<IMG_CONTEXT>"))
+    model, _ = load_chat_model(path, image_context_token_id(tokenizer))
     if gradient_checkpointing:
         model.activation_checkpointing_enable()
     log.info("chat model continued from %s (all %d tensors loaded)", path, len(model.state_dict()))

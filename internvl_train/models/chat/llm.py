@@ -1,10 +1,9 @@
-"""The chat model's LLM side: special tokens, loading a local causal LM or building one from an inline config,
-and growing its embeddings for the new tokens."""
+"""The chat model's LLM side: loading a local causal LM or building one from an inline config, and growing its
+embeddings for the image tokens (tokens.py)."""
 from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
 from typing import Any, Optional
 
 import torch
@@ -13,51 +12,6 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, Pretra
 from internvl_train.models.chat.configuration import ChatConfig, ChatLLMConfig
 
 log = logging.getLogger(__name__)
-
-IMG_START_TOKEN = "<img>"
-IMG_END_TOKEN = "</img>"
-IMG_CONTEXT_TOKEN = "<IMG_CONTEXT>"
-# The official order: ids of these tokens in every InternVL-Chat tokenizer follow from it.
-CHAT_SPECIAL_TOKENS = (IMG_START_TOKEN, IMG_END_TOKEN, IMG_CONTEXT_TOKEN, "<quad>", "</quad>", "<ref>", "</ref>",
-                       "<box>", "</box>")
-
-
-@dataclass(frozen=True)
-class ImageTokenSpec:
-    """What the data pipeline needs to build an image block: `<img>` + `<IMG_CONTEXT>` x (n * tiles) + `</img>`."""
-
-    start_token: str
-    end_token: str
-    context_token: str
-    context_token_id: int
-    num_image_token: int  # LLM tokens per tile (vision tokens plus bridge query tokens)
-    tile_size: int  # pixels per tile side (the ViT's resolution, force_image_size)
-
-    def image_block(self, num_tiles: int) -> str:
-        return self.start_token + self.context_token * (self.num_image_token * num_tiles) + self.end_token
-
-
-def add_chat_special_tokens(tokenizer: Any) -> list[str]:
-    """Add the InternVL-Chat special tokens in the official order; return the ones that were new."""
-    vocab = tokenizer.get_vocab()
-    new = [t for t in CHAT_SPECIAL_TOKENS if t not in vocab]
-    if new and len(new) != len(CHAT_SPECIAL_TOKENS):
-        present = [t for t in CHAT_SPECIAL_TOKENS if t in vocab]
-        log.warning("tokenizer already has %s; adding only %s", present, new)
-    tokenizer.add_tokens(new, special_tokens=True)
-    # Named tokens transformers' InternVLProcessor reads (`tokenizer.context_image_token[_id]`); saved with the
-    # tokenizer config as `extra_special_tokens`.
-    tokenizer._set_model_specific_special_tokens({"start_image_token": IMG_START_TOKEN,
-                                                  "end_image_token": IMG_END_TOKEN,
-                                                  "context_image_token": IMG_CONTEXT_TOKEN})
-    return new
-
-
-def image_context_token_id(tokenizer: Any) -> int:
-    token_id = tokenizer.convert_tokens_to_ids(IMG_CONTEXT_TOKEN)
-    if token_id is None or token_id == tokenizer.unk_token_id:
-        raise ValueError(f"tokenizer has no {IMG_CONTEXT_TOKEN}: call add_chat_special_tokens(tokenizer) first")
-    return int(token_id)
 
 
 def load_tokenizer(cfg: ChatConfig) -> Any:

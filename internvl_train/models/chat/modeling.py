@@ -19,9 +19,8 @@ from transformers.models.internvl.modeling_internvl import InternVLPreTrainedMod
 from internvl_train.models.internvit import official as official_vit
 from internvl_train.models.chat.bridge import QLlamaQueries, QueryBridge
 from internvl_train.models.chat.configuration import ChatConfig
-from internvl_train.models.chat.llm import (
-    IMG_CONTEXT_TOKEN, IMG_END_TOKEN, IMG_START_TOKEN, ImageTokenSpec, add_chat_special_tokens, grow_embeddings,
-    image_context_token_id, load_or_build_llm, load_tokenizer)
+from internvl_train.models.chat.llm import grow_embeddings, load_or_build_llm, load_tokenizer
+from internvl_train.models.chat.tokens import IMG_CONTEXT_TOKEN, add_chat_special_tokens, image_context_token_id
 from internvl_train.models.chat.pixel_shuffle import num_image_token, pixel_shuffle
 from internvl_train.models.internvit.modeling import follows_transformers_qk_norm, use_configured_qk_norm_eps
 
@@ -137,15 +136,6 @@ def chat_parts(model: InternVLChatModel) -> dict[str, list[nn.Module]]:
             "mlp": [model.model.multi_modal_projector] + ([bridge.mlp2] if bridge is not None else []),
             "llm": [model.model.language_model, model.lm_head],
             "qllama": [bridge.queries] if bridge is not None else []}
-
-
-def image_token_spec(model: InternVLChatModel, tokenizer: Any) -> ImageTokenSpec:
-    """What the data pipeline needs from the model: context id, LLM tokens per tile, tile size."""
-    if image_context_token_id(tokenizer) != model.config.image_token_id:
-        raise ValueError(f"tokenizer's <IMG_CONTEXT> id {image_context_token_id(tokenizer)} != the model's "
-                         f"image_token_id {model.config.image_token_id}: use the tokenizer the model was built with")
-    return ImageTokenSpec(IMG_START_TOKEN, IMG_END_TOKEN, IMG_CONTEXT_TOKEN, image_context_token_id(tokenizer),
-                          int(model.config.image_seq_length), int(model.config.vision_config.image_size[0]))
 
 
 def make_chat_config(cfg: ChatConfig, vision_config: Any, text_config: Any, image_token_id: int) -> InternVLConfig:

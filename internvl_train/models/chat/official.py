@@ -20,7 +20,7 @@ from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
 from internvl_train.models.chat.modeling import InternVLChatModel
 from internvl_train.models.internvit import official as official_vit
-from internvl_train.models.chat.llm import IMG_CONTEXT_TOKEN
+from internvl_train.models.chat.tokens import IMG_CONTEXT_TOKEN
 from internvl_train.models.weights import read_state_dict
 
 log = logging.getLogger(__name__)
@@ -57,36 +57,33 @@ def _swap_prefix(key: str, pairs: tuple, forward: bool) -> Optional[str]:
     return None
 
 
-def official_chat_to_native(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str]]:
-    """Official InternVL-Chat keys -> native keys; returns (converted, unrecognised keys)."""
-    vision = {k[len(_VISION_OFFICIAL):]: v for k, v in state.items() if k.startswith(_VISION_OFFICIAL)}
-    out = {_VISION_NATIVE + k: v for k, v in official_vit.official_to_ours(vision).items()}  # unknown: kept as-is
+def _convert_chat_keys(state: dict[str, torch.Tensor], forward: bool) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """Official -> native keys (forward) or back; returns (converted, unrecognised keys). Vision keys go through
+    the InternViT key map (its unknown keys are kept as they are), the rest through the prefix table."""
+    vision_from, vision_to = (_VISION_OFFICIAL, _VISION_NATIVE) if forward else (_VISION_NATIVE, _VISION_OFFICIAL)
+    vision = {k[len(vision_from):]: v for k, v in state.items() if k.startswith(vision_from)}
+    vision = official_vit.official_to_ours(vision) if forward else official_vit.ours_to_official(vision, layout="hf")
+    out = {vision_to + k: v for k, v in vision.items()}
     unknown: list[str] = []
     for key, value in state.items():
-        if key.startswith(_VISION_OFFICIAL):
+        if key.startswith(vision_from):
             continue
-        new = _swap_prefix(key, _PROJECTOR + _LLM + _BRIDGE, forward=True)
+        new = _swap_prefix(key, _PROJECTOR + _LLM + _BRIDGE, forward=forward)
         if new is None:
             unknown.append(key)
         else:
             out[new] = value
     return out, unknown
+
+
+def official_chat_to_native(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """Official InternVL-Chat keys -> native keys; returns (converted, unrecognised keys)."""
+    return _convert_chat_keys(state, forward=True)
 
 
 def native_chat_to_official(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str]]:
     """Native keys -> official InternVL-Chat keys; returns (converted, unrecognised keys)."""
-    vision = {k[len(_VISION_NATIVE):]: v for k, v in state.items() if k.startswith(_VISION_NATIVE)}
-    out = {_VISION_OFFICIAL + k: v for k, v in official_vit.ours_to_official(vision, layout="hf").items()}
-    unknown: list[str] = []
-    for key, value in state.items():
-        if key.startswith(_VISION_NATIVE):
-            continue
-        new = _swap_prefix(key, _PROJECTOR + _LLM + _BRIDGE, forward=False)
-        if new is None:
-            unknown.append(key)
-        else:
-            out[new] = value
-    return out, unknown
+    return _convert_chat_keys(state, forward=False)
 
 
 def vision_config_from_official(vc: dict) -> InternVLVisionConfig:

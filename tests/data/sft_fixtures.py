@@ -7,7 +7,7 @@ from typing import Iterable, Optional
 
 from PIL import Image
 
-from data_pipelines.sft.encode import add_image_tokens
+from internvl_train.models.chat.tokens import add_chat_special_tokens
 
 CHAT_SPECIAL_TOKENS = ["<s>", "</s>", "<pad>", "<unk>", "<|im_start|>", "<|im_end|>"]
 
@@ -35,7 +35,7 @@ def build_byte_bpe_tokenizer(texts: Iterable[str] = (), vocab_size: int = 400, a
             single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", core.token_to_id("<s>"))])
     tok = PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
                                   unk_token="<unk>", extra_special_tokens=["<|im_start|>", "<|im_end|>"])
-    add_image_tokens(tok)
+    add_chat_special_tokens(tok)
     if save_dir:
         tok.save_pretrained(save_dir)
     return tok

@@ -1,4 +1,5 @@
-"""A tokenizer built in code for tiny chat models (tests, CPU demo): nothing is downloaded.
+"""The planner's stand-in tokenizer, built in code, for a recipe whose tokenizer files are not on this machine
+(the tests build their tiny chat models with it too): nothing is downloaded.
 
 Byte-level BPE without merges: every UTF-8 byte is a token, so any text round-trips, plus the chat-template
 control tokens as special tokens."""
