@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from internvl_train.config import ConfigError, check_run_config, register_configs, write_resolved_config
 
 if TYPE_CHECKING:
-    from internvl_train.stages.base import Stage
+    from internvl_train.engine.stage_api import Stage
 
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "configs")
 EXIT_CONFIG_ERROR = 2

@@ -38,7 +38,7 @@ class _Done(Future):
 
 
 class SftLoader:
-    """Endless micro-batches of SFT rows for one rank (implements stages.base.StatefulLoader)."""
+    """Endless micro-batches of SFT rows for one rank (implements engine.stage_api.StatefulLoader)."""
 
     def __init__(self, source: ConversationSource, encoder: ConversationEncoder, *, rank: int, world_size: int,
                  micro_batch_size: int, seed: int, packing: bool, max_packed_tokens: int, max_tiles_per_row: int,

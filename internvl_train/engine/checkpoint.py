@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from internvl_train.engine.distributed import barrier
+from internvl_train.engine.collectives import barrier
 
 ENGINE_TAG = "engine"
 STATE_FILE = "trainer_state.json"

@@ -1,4 +1,4 @@
-"""Process-group setup: where this process sits in the job, and the collectives the trainer needs.
+"""Process-group setup: where this process sits in the job (the collectives are collectives.py's).
 
 Rank detection order: torchrun's env (RANK/WORLD_SIZE/LOCAL_RANK), then a SLURM *job step* (srun sets
 SLURM_STEP_ID; the batch shell also carries SLURM_PROCID=0 but is not a task), else one plain process.
@@ -20,7 +20,7 @@ from typing import Mapping
 import torch
 import torch.distributed as tdist
 
-from internvl_train.stages.base import DistInfo
+from internvl_train.engine.stage_api import DistInfo
 
 log = logging.getLogger("internvl_train.engine")
 
@@ -95,44 +95,3 @@ def init_distributed(timeout_s: int) -> DistInfo:
     else:  # a second run in the same process (tests, notebooks): DeepSpeed's initialize reads LOCAL_RANK
         os.environ.setdefault("LOCAL_RANK", str(launch.local_rank))
     return DistInfo(rank=launch.rank, world_size=launch.world_size, local_rank=launch.local_rank, device=device)
-
-
-def is_dist() -> bool:
-    return tdist.is_available() and tdist.is_initialized()
-
-
-def barrier() -> None:
-    if is_dist():
-        tdist.barrier()
-
-
-def comm_device() -> torch.device:
-    """Device a collective's tensor must live on for the active backend."""
-    if is_dist() and tdist.get_backend() == "nccl":
-        return torch.device("cuda", torch.cuda.current_device())
-    return torch.device("cpu")
-
-
-def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
-    """Sum a float tensor over ranks (returns a CPU float64 copy)."""
-    out = values.detach().to(comm_device(), torch.float64).clone()
-    if is_dist():
-        tdist.all_reduce(out, op=tdist.ReduceOp.SUM)
-    return out.cpu()
-
-
-def any_rank(flag: bool) -> bool:
-    """True on every rank when `flag` is true on at least one."""
-    if not is_dist():
-        return flag
-    t = torch.tensor([1.0 if flag else 0.0], device=comm_device())
-    tdist.all_reduce(t, op=tdist.ReduceOp.MAX)
-    return bool(t.item() > 0)
-
-
-def all_gather_objects(obj: object) -> list[object]:
-    if not is_dist():
-        return [obj]
-    out: list[object] = [None] * tdist.get_world_size()
-    tdist.all_gather_object(out, obj)
-    return out

@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from internvl_train.engine.distributed import any_rank
+from internvl_train.engine.collectives import any_rank
 
 
 class NonFiniteLossError(RuntimeError):

@@ -12,7 +12,7 @@ from typing import Any, Callable, Mapping
 import torch
 from torch import nn
 
-from internvl_train.engine.distributed import any_rank
+from internvl_train.engine.collectives import any_rank
 
 NO_DECAY_NAME_PARTS = ("query_tokens",)
 

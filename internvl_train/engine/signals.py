@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from types import FrameType
 from typing import Any, Iterator
 
-from internvl_train.engine.distributed import any_rank
+from internvl_train.engine.collectives import any_rank
 
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: "preempted, checkpoint saved, resume me"
 EXIT_INTERRUPTED = 128 + signal.SIGINT  # the shell's code for Ctrl-C

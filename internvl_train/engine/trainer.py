@@ -1,4 +1,4 @@
-"""The training loop on DeepSpeed. Knows stages only through the Stage contract (stages/base.py)."""
+"""The training loop on DeepSpeed. Knows stages only through the Stage contract (engine/stage_api.py)."""
 from __future__ import annotations
 
 import logging
@@ -14,7 +14,7 @@ import torch
 from omegaconf import OmegaConf
 
 from internvl_train.config import ConfigError
-from internvl_train.engine import distributed as D
+from internvl_train.engine import collectives as D
 from internvl_train.engine.compat import install_deepspeed_compat
 from internvl_train.engine.checkpoint import CheckpointManager, capture_rng_state, restore_rng_state
 from internvl_train.engine.ds_config import build_ds_config
@@ -23,12 +23,12 @@ from internvl_train.engine.guard import GuardedEngine, NonFiniteCounter, NonFini
 from internvl_train.engine.metrics import MetricWindow, peak_tflops_per_device, throughput_metrics
 from internvl_train.engine.optim import build_optimizer, build_param_groups
 from internvl_train.engine.run_identity import check_resumable, config_hash, identity_config
-from internvl_train.engine.run_outputs import (EXPORT_DIR, RESULTS_FILE, append_results, export_done,
+from internvl_train.engine.run_outputs import (EXPORT_DIR, RESULTS_FILE, TMP_PREFIX, append_results, export_done,
                                                finished_results, recorded_results, write_export)
 from internvl_train.engine.schedule import apply_lr, trainer_lr_at
 from internvl_train.engine.signals import EXIT_PREEMPTED, Interrupted, StopSignals, exit_code_for
 from internvl_train.engine.tracking import METRICS_FILE, Tracker, drop_rows_after
-from internvl_train.stages.base import DistInfo, Stage
+from internvl_train.engine.stage_api import DistInfo, Stage
 
 log = logging.getLogger("internvl_train.engine")
 
@@ -212,7 +212,7 @@ class Trainer:
     def _log(self, window: MetricWindow) -> None:
         tr = self.cfg.trainer
         elapsed = window.elapsed()
-        wait = float(D.all_reduce_sum(torch.tensor([window.data_wait_s]))[0])
+        wait = float(D.all_reduce_sum(torch.tensor([window.data_wait_s], dtype=torch.float64))[0])
         metrics = {f"loss/{k}": v / window.loss_steps for k, v in window.losses.items()} if window.loss_steps else {}
         metrics.update({"train/lr": trainer_lr_at(self.step - 1, tr), "train/samples_seen": self.samples_seen,
                         "train/nonfinite_skipped": self.nonfinite.total})
@@ -304,6 +304,16 @@ class Trainer:
         import deepspeed
 
         model = self.engine.module
+        if self.cfg.deepspeed.zero_stage == 3 and getattr(self.stage, "streams_zero3_export", False):
+            # The stage's export gathers module by module (weights.save_pretrained): every rank takes part,
+            # rank 0 writes; no rank ever holds the whole model.
+            export = lambda out_dir: self.stage.export(model, out_dir)  # noqa: E731
+            if self.dist.rank == 0:
+                write_export(self.run_dir, export)
+            else:
+                export(str(self.run_dir / f"{TMP_PREFIX}{EXPORT_DIR}"))
+            D.barrier()
+            return
         gather = deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=None) \
             if self.cfg.deepspeed.zero_stage == 3 else nullcontext()
         with gather:

@@ -19,7 +19,7 @@ from typing import Sequence
 
 import torch
 
-from internvl_train.losses.collectives import all_gather_cat_uneven
+from internvl_train.engine.collectives import all_gather_cat_uneven
 
 RETRIEVAL_TIES = ("topk", "pessimistic")
 

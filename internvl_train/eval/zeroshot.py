@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from open_clip.zero_shot_classifier import build_zero_shot_classifier
 from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES, OPENAI_IMAGENET_TEMPLATES, SIMPLE_IMAGENET_TEMPLATES
 
-from internvl_train.losses.collectives import all_reduce_sum
+from internvl_train.engine.collectives import all_reduce_sum
 
 EncodeText = Callable[[list[str]], torch.Tensor]
 __all__ = [

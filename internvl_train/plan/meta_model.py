@@ -15,7 +15,7 @@ from torch import nn
 from internvl_train.engine.freeze import freeze_modules
 from internvl_train.models.config import ModelConfig, as_model_config
 from internvl_train.stages import get_stage_class
-from internvl_train.stages.base import DistInfo, Stage
+from internvl_train.engine.stage_api import DistInfo, Stage
 
 DEMO_TEXT_VOCAB = 1024  # data_pipelines.demo.tokenizer.VOCAB_SIZE: the demo tokenizer's target size
 

@@ -5,7 +5,7 @@ from importlib import import_module
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from internvl_train.stages.base import Stage
+    from internvl_train.engine.stage_api import Stage
 
 STAGE_CLASSES: dict[str, str] = {
     "contrastive": "internvl_train.stages.contrastive:ContrastiveStage",

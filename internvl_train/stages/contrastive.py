@@ -17,7 +17,7 @@ from torch import nn
 
 from data_pipelines.eval_sets import build_pair_eval_sets
 from data_pipelines.pairs import build_pair_loader
-from internvl_train.losses.contrastive_accumulation import contrastive_accumulation_step
+from internvl_train.stages.contrastive_accumulation import contrastive_accumulation_step
 from internvl_train.losses.itc import MAX_LOGIT_SCALE, clamp_logit_scale_, itc_loss
 from internvl_train.losses.itg import itg_labels
 from internvl_train.losses.lm import lm_loss, token_loss_weights
@@ -25,7 +25,7 @@ from internvl_train.models.internvl_c.build import build_internvl_c
 from internvl_train.models.weights import save_pretrained
 from internvl_train.models.flops import internvl_c_train_flops_per_sample
 from internvl_train.models.internvl_c.text_tower import prepare_caption_inputs
-from internvl_train.stages.base import Stage, StatefulLoader
+from internvl_train.engine.stage_api import Stage, StatefulLoader
 from internvl_train.stages.common import (check_prefix_tokens, load_tokenizer, model_dtype, prefix_token_ids,
                                           to_device)
 from internvl_train.stages.config import resolved_text_lm_weight
@@ -142,10 +142,13 @@ class ContrastiveStage(Stage):
         log_results_tables(results, self.dist.rank)
         return results
 
+    streams_zero3_export = True  # under ZeRO-3 every rank calls export: save_pretrained gathers module by module
+
     def export(self, model: nn.Module, out_dir: str) -> None:
         save_pretrained(model, out_dir)
-        self.tokenizer.save_pretrained(out_dir)
-        log.info("exported InternVL-C to %s", out_dir)
+        if self.dist.rank == 0:
+            self.tokenizer.save_pretrained(out_dir)
+            log.info("exported InternVL-C to %s", out_dir)
 
     def flops_per_sample(self) -> float:
         """Counted at stage.max_text_len tokens per caption: an upper bound (captions are usually shorter),

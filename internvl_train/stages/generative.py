@@ -25,7 +25,7 @@ from torch import nn
 
 from data_pipelines.eval_sets import build_pair_eval_sets
 from data_pipelines.pairs import build_pair_loader
-from internvl_train.losses.collectives import all_gather_cat, check_same_size_on_all_ranks
+from internvl_train.engine.collectives import all_gather_cat, check_same_size_on_all_ranks
 from internvl_train.losses.combine import combine_losses
 from internvl_train.losses.itc import clamp_logit_scale_, itc_loss, scaled_logit_scale
 from internvl_train.losses.itg import itg_labels, itg_loss
@@ -35,7 +35,7 @@ from internvl_train.models.internvl_g.build import build_internvl_g
 from internvl_train.models.weights import save_pretrained
 from internvl_train.models.lora import has_lora, merged_state_dict, without_lora
 from internvl_train.models.internvl_c.text_tower import prepare_caption_inputs
-from internvl_train.stages.base import Stage, StatefulLoader
+from internvl_train.engine.stage_api import Stage, StatefulLoader
 from internvl_train.stages.common import (check_prefix_tokens, load_tokenizer, model_dtype, prefix_token_ids,
                                           stable_ids, to_device)
 from internvl_train.stages.config import generative_init_from

@@ -17,7 +17,7 @@ from torch import nn
 
 from internvl_train.eval.captioning import caption_metrics, constant_caption_baseline
 from internvl_train.eval.retrieval import first_occurrence
-from internvl_train.losses.collectives import all_gather_cat_uneven, all_reduce_sum
+from internvl_train.engine.collectives import all_gather_cat_uneven, all_reduce_sum
 from internvl_train.losses.itg import itg_labels, next_token_ce
 from internvl_train.losses.labels import IGNORE_INDEX
 from internvl_train.models.internvl_g.generation import greedy_captions

@@ -27,7 +27,7 @@ from internvl_train.models.chat.build import build_chat_from_config
 from internvl_train.inference.export import export_native, export_official
 from internvl_train.inference.prompt import ChatPrompter, PromptSettings
 from internvl_train.models.lora import merged_state_dict
-from internvl_train.stages.base import Stage, StatefulLoader
+from internvl_train.engine.stage_api import Stage, StatefulLoader
 from internvl_train.stages.common import model_dtype, to_device
 from internvl_train.stages.image_text_eval import log_results_tables
 from internvl_train.stages.sft_model import (add_lora_adapters, frozen_parts, load_sft_tokenizer,
@@ -107,7 +107,7 @@ class SftStage(Stage):
         items = items[: st.eval_max_questions] if st.eval_max_questions else items
         if not items:
             return {}
-        from internvl_train.engine.distributed import all_gather_objects
+        from internvl_train.engine.collectives import all_gather_objects
 
         answers = answer_items(model, self.prompter(model), items, st.eval_batch_size, st.max_new_tokens,
                                self.dist.rank, self.dist.world_size,

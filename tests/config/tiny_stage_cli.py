@@ -9,7 +9,7 @@ from typing import Any, Iterator, Mapping
 import torch
 from torch import nn
 
-from internvl_train.stages.base import Stage
+from internvl_train.engine.stage_api import Stage
 
 
 class CountingLoader:

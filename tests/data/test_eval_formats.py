@@ -219,7 +219,7 @@ def test_stage1_evaluation_on_karpathy_coco_and_imagenet_fixtures(tmp_path, monk
 
     import internvl_train.stages.image_text_eval as image_text_eval
     from generative_helpers import compose_run
-    from internvl_train.stages.base import DistInfo
+    from internvl_train.engine.stage_api import DistInfo
     from internvl_train.stages.contrastive import ContrastiveStage
 
     flickr, flickr_root = write_karpathy(tmp_path / "f")

@@ -17,7 +17,7 @@ from toy_stage import ToyStage, make_cfg
 from internvl_train.config import ConfigError
 from internvl_train.engine.distributed import init_distributed
 from internvl_train.engine.trainer import Trainer
-from internvl_train.stages.base import DistInfo
+from internvl_train.engine.stage_api import DistInfo
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ from internvl_train.engine.guard import NonFiniteLossError
 from internvl_train.engine.schedule import lr_at
 from internvl_train.engine.signals import EXIT_PREEMPTED
 from internvl_train.engine.trainer import Trainer
-from internvl_train.stages.base import DistInfo
+from internvl_train.engine.stage_api import DistInfo
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ from internvl_train.engine.freeze import freeze_modules
 from internvl_train.engine.optim import build_param_groups, lr_multiplier
 from internvl_train.engine.run_identity import check_resumable, config_diff, config_hash, identity_config
 from internvl_train.engine.schedule import apply_lr, lr_at
-from internvl_train.stages.base import DistInfo
+from internvl_train.engine.stage_api import DistInfo
 
 
 def test_schedule_warmup_cosine_and_constant_values() -> None:

@@ -11,7 +11,7 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-from internvl_train.stages.base import Stage
+from internvl_train.engine.stage_api import Stage
 
 IN_DIM, HIDDEN = 8, 16
 DATASET_SIZE = 4096

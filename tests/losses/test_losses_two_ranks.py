@@ -5,8 +5,8 @@ import pytest
 import torch
 from open_clip.loss import ClipLoss
 
-from internvl_train.losses.collectives import all_gather_cat
-from internvl_train.losses.contrastive_accumulation import contrastive_accumulation_step
+from internvl_train.engine.collectives import all_gather_cat
+from internvl_train.stages.contrastive_accumulation import contrastive_accumulation_step
 from internvl_train.losses.itc import itc_loss
 from internvl_train.losses.itm import itm_loss, sample_itm_negatives
 

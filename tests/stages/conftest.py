@@ -8,7 +8,7 @@ import pytest
 import torch
 from omegaconf import DictConfig
 
-from internvl_train.stages.base import DistInfo
+from internvl_train.engine.stage_api import DistInfo
 from sft_helpers import compose_sft
 
 

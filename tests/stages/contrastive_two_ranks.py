@@ -6,7 +6,7 @@ import torch
 import torch.distributed as dist
 
 from contrastive_helpers import flat_grads, slice_batch, stage1_cfg
-from internvl_train.stages.base import DistInfo
+from internvl_train.engine.stage_api import DistInfo
 from internvl_train.stages.contrastive import ContrastiveStage
 
 root = Path(sys.argv[1])

@@ -56,7 +56,7 @@ def make_stage1_export(folder: Path) -> Path:
     point here, the export format is)."""
     import torch
 
-    from internvl_train.stages.base import DistInfo
+    from internvl_train.engine.stage_api import DistInfo
     from internvl_train.stages.contrastive import ContrastiveStage
 
     cfg = compose_run(["stage=contrastive", f"run_dir={folder}"])

@@ -35,7 +35,7 @@ def tiny_chat_model(run_dir: Path, overrides: Sequence[str] = ()):
     """(stage, model) of a tiny stage-3 run, untrained (scratch ViT, weights random but fixed by the seed)."""
     import torch
 
-    from internvl_train.stages.base import DistInfo
+    from internvl_train.engine.stage_api import DistInfo
     from internvl_train.stages.sft import SftStage
 
     stage = SftStage(compose_sft(run_dir, ["stage.vision_init=scratch", *overrides]), DistInfo())

@@ -12,7 +12,7 @@ import torch
 from contrastive_helpers import fixed_global_batch, flat_grads, slice_batch, stage1_cfg
 from internvl_train.app import run
 from internvl_train.models.weights import from_pretrained
-from internvl_train.stages.base import DistInfo
+from internvl_train.engine.stage_api import DistInfo
 from internvl_train.stages.contrastive import ContrastiveStage
 
 HERE = Path(__file__).resolve().parent

@@ -14,7 +14,7 @@ from internvl_train.app import run
 from internvl_train.models.internvl_g.build import build_internvl_g
 from internvl_train.models.weights import from_pretrained, read_state_dict
 from internvl_train.models.internvl_g.modeling import NEW_IN_G
-from internvl_train.stages.base import DistInfo
+from internvl_train.engine.stage_api import DistInfo
 from internvl_train.stages.generative import GenerativeStage
 
 from generative_helpers import compose_run, make_stage1_export, stage2_overrides

@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from internvl_train.stages.base import DistInfo
+from internvl_train.engine.stage_api import DistInfo
 from internvl_train.stages.generative import GenerativeStage
 
 from generative_helpers import compose_run, make_stage1_export

@@ -14,7 +14,7 @@ import torch
 from internvl_train.engine.freeze import freeze_modules
 from internvl_train.models.weights import from_pretrained
 from internvl_train.models.internvl_g.generation import greedy_caption_ids
-from internvl_train.stages.base import DistInfo
+from internvl_train.engine.stage_api import DistInfo
 from internvl_train.stages.generative import GenerativeStage
 from internvl_train.stages.generative_eval import _itg_loss_sums
 

@@ -27,8 +27,8 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 from torch import nn
 
-from .collectives import all_reduce_sum, check_same_size_on_all_ranks
-from .itc import build_clip_loss
+from internvl_train.engine.collectives import all_reduce_sum, check_same_size_on_all_ranks
+from internvl_train.losses.itc import build_clip_loss
 
 Embeddings = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # image [B,D], text [B,D], logit scale (exp'd)
 EncodeFn = Callable[[nn.Module, Mapping[str, Any]], Embeddings]

@@ -1,7 +1,8 @@
-"""Small torch.distributed helpers shared by the losses and the metrics.
+"""The collectives of the trainer, the stages and the evaluation: one home.
 
-Every helper is a no-op (returns its input) when torch.distributed is not initialised or has one rank,
-so the same code runs in a single CPU process and on a cluster.
+Every helper is a no-op (returns its input, or a copy) when torch.distributed is not initialised or has one
+rank, so the same code runs in a single CPU process and on a cluster. Tensors travel on the device the
+backend needs (comm_device: CUDA for nccl) and come back on the caller's device.
 """
 from __future__ import annotations
 
@@ -9,12 +10,28 @@ import torch
 import torch.distributed as dist
 
 
+def is_dist() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
 def world_size() -> int:
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+    return dist.get_world_size() if is_dist() else 1
 
 
 def rank() -> int:
-    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+    return dist.get_rank() if is_dist() else 0
+
+
+def barrier() -> None:
+    if is_dist():
+        dist.barrier()
+
+
+def comm_device() -> torch.device:
+    """Device a collective's tensor must live on for the active backend."""
+    if is_dist() and dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
 
 
 @torch.no_grad()
@@ -43,10 +60,29 @@ def all_gather_cat_uneven(tensor: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
-    """Sum over ranks (a new tensor; the input is left unchanged)."""
-    out = tensor.clone()
+    """Sum over ranks: a new tensor of the input's dtype on the input's device (the input is left unchanged)."""
+    out = tensor.detach().clone()
     if world_size() > 1:
-        dist.all_reduce(out)
+        moved = out.to(comm_device())
+        dist.all_reduce(moved, op=dist.ReduceOp.SUM)
+        out = moved.to(tensor.device)
+    return out
+
+
+def any_rank(flag: bool) -> bool:
+    """True on every rank when `flag` is true on at least one."""
+    if not is_dist():
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0], device=comm_device())
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item() > 0)
+
+
+def all_gather_objects(obj: object) -> list[object]:
+    if not is_dist():
+        return [obj]
+    out: list[object] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
     return out
 
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from internvl_train.losses.contrastive_accumulation import contrastive_accumulation_step
+from internvl_train.stages.contrastive_accumulation import contrastive_accumulation_step
 from internvl_train.losses.itc import itc_loss
 
-from tiny_towers import encode, grads, make_data, make_model
+from tests.losses.tiny_towers import encode, grads, make_data, make_model
 
 
 def split(batch: dict[str, torch.Tensor], k: int) -> list[dict[str, torch.Tensor]]:
