@@ -17,7 +17,7 @@ from typing import Mapping
 import torch
 import torch.nn.functional as F
 
-from internvl_train.models.weights import LoadReport, load_state_into, read_state_dict
+from internvl_train.models.weights import LoadReport, load_checkpoint, meta_like
 
 LAYOUTS = ("hf", "pth")
 
@@ -160,12 +160,19 @@ def load_official_internvit(tower: torch.nn.Module, path: str) -> tuple[LoadRepo
     bare InternVLVisionModel, position embeddings resized to the tower's grid. Heads of other tasks (e.g. a
     classifier) are reported unused; a surplus ViT layer is an error. Returns the load report and the
     `clip_projector.*` tensors the file carried (prefix stripped) for the caller that has a projector."""
-    state = read_state_dict(path)
-    if any(k.startswith(_WRAPPER_PREFIX) for k in state):
-        state = {k[len(_WRAPPER_PREFIX):]: v for k, v in state.items() if k.startswith(_WRAPPER_PREFIX)}
-    projector = {k[len(_PROJECTOR_PREFIX):]: v for k, v in state.items() if k.startswith(_PROJECTOR_PREFIX)}
-    vision = official_to_ours({k: v for k, v in state.items() if not k.startswith(_PROJECTOR_PREFIX)})
-    resized = resize_positions_to(vision, tower.state_dict(), POSITION_KEY)
-    report = load_state_into(tower, vision, unused_ok=(r"(?!embeddings\.|encoder\.).*",))
-    report.resized = [resized] if resized else []
+    own, resized, projector = meta_like(tower, [POSITION_KEY]), [], {}
+
+    def convert(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:  # per shard (weights.load_checkpoint)
+        if any(k.startswith(_WRAPPER_PREFIX) for k in state):
+            state = {k[len(_WRAPPER_PREFIX):]: v for k, v in state.items() if k.startswith(_WRAPPER_PREFIX)}
+        projector.update({k[len(_PROJECTOR_PREFIX):]: v for k, v in state.items()
+                          if k.startswith(_PROJECTOR_PREFIX) and not v.is_meta})  # small: kept for the caller
+        vision = official_to_ours({k: v for k, v in state.items() if not k.startswith(_PROJECTOR_PREFIX)})
+        note = resize_positions_to(vision, own, POSITION_KEY)
+        if note and note not in resized:
+            resized.append(note)
+        return vision
+
+    report = load_checkpoint(tower, path, convert, unused_ok=(r"(?!embeddings\.|encoder\.).*",))
+    report.resized = resized
     return report, projector

@@ -18,7 +18,7 @@ import torch
 
 from internvl_train.models.internvit import official as official_vit
 from internvl_train.models.internvl_g import official as internvl14b
-from internvl_train.models.weights import LoadReport, load_state_into, read_state_dict
+from internvl_train.models.weights import LoadReport, load_checkpoint, load_state_into, meta_like
 from internvl_train.models.internvl_c.modeling import InternVLC
 from internvl_train.models.internvl_g.modeling import NEW_IN_G, InternVLG
 
@@ -56,12 +56,19 @@ def load_model_weights(model: InternVLC, path: str | Path) -> LoadReport:
     Only what the stage really creates may be missing: an InternVL-G built from an InternVL-C source (no
     NEW_IN_G tensor at all) creates NEW_IN_G; a source holding any NEW_IN_G tensor is an InternVL-G
     checkpoint (official InternVL-14B, our stage-2 export) and must hold every tensor of the model."""
-    state = read_state_dict(path)
-    if internvl14b.is_internvl14b(state):
-        state = internvl14b.official_to_ours(state)
-    resized = official_vit.resize_positions_to(state, model.state_dict(), "vision." + official_vit.POSITION_KEY)
-    report = load_state_into(model, state, **_missing_key_rules(model, state, path))
-    report.resized = [resized] if resized else []
+    key = "vision." + official_vit.POSITION_KEY
+    own, resized = meta_like(model, [key]), []
+
+    def convert(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:  # per shard (weights.load_checkpoint)
+        if internvl14b.is_internvl14b(state):
+            state = internvl14b.official_to_ours(state)
+        note = official_vit.resize_positions_to(state, own, key)
+        if note and note not in resized:
+            resized.append(note)
+        return state
+
+    report = load_checkpoint(model, path, convert, rules=lambda state: _missing_key_rules(model, state, path))
+    report.resized = resized
     return report
 
 
@@ -95,9 +102,10 @@ def load_vision_weights(model: InternVLC, path: str | Path) -> LoadReport:
 
 def load_text_weights(model: InternVLC, path: str | Path) -> LoadReport:
     """A local HF LLaMA directory into `model.text` (cross-attention is created when `model` is G)."""
-    state = {k: v for k, v in read_state_dict(path).items() if not k.endswith(internvl14b.IGNORED_SUFFIXES)}
     new_ok = (r"model\.layers\.\d+\.cross_attn\..*",) if isinstance(model, InternVLG) else ()
-    return load_state_into(model.text, state, new_ok=new_ok)
+    return load_checkpoint(model.text, path, lambda state: {k: v for k, v in state.items()
+                                                             if not k.endswith(internvl14b.IGNORED_SUFFIXES)},
+                           new_ok=new_ok)
 
 
 def official_state_dict(model: InternVLC, layout: str) -> dict[str, torch.Tensor]:
