@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import List, Optional
 
 from data_pipelines.sft.config import SftDataConfig
+from internvl_train.errors import ConfigError, qualified
 
 NORMALIZATIONS = ("imagenet", "clip")
 REMOTE_PREFIXES = ("pipe:", "http://", "https://", "s3://", "gs://", "hf://", "ais://")
@@ -78,37 +79,36 @@ class DataConfig:
 
     def validate(self) -> None:
         """Checks of this node that hold for every stage (stage 3 has no pair sources)."""
-        from internvl_train.config import ConfigError
-
         if self.normalization not in NORMALIZATIONS:
-            raise ConfigError("data.normalization", f"{self.normalization!r} is not one of {NORMALIZATIONS}")
+            raise ConfigError("normalization", f"{self.normalization!r} is not one of {NORMALIZATIONS}")
         for key in ("image_size", "shuffle_buffer", "max_image_pixels", "prefetch_factor"):
             if getattr(self, key) < 1:
-                raise ConfigError(f"data.{key}", f"must be >= 1, got {getattr(self, key)}")
+                raise ConfigError(key, f"must be >= 1, got {getattr(self, key)}")
         if self.num_workers < 0:
-            raise ConfigError("data.num_workers", f"must be >= 0, got {self.num_workers}")
+            raise ConfigError("num_workers", f"must be >= 0, got {self.num_workers}")
         if not self.max_aspect_ratio >= 1:
-            raise ConfigError("data.max_aspect_ratio", f"must be >= 1, got {self.max_aspect_ratio}")
+            raise ConfigError("max_aspect_ratio", f"must be >= 1, got {self.max_aspect_ratio}")
         if not 0 < self.augment.scale_min <= self.augment.scale_max <= 1:
-            raise ConfigError("data.augment", "need 0 < scale_min <= scale_max <= 1")
+            raise ConfigError("augment", "need 0 < scale_min <= scale_max <= 1")
 
     def validate_pair_sources(self, training: bool = True) -> None:
         """What stages 1 and 2 need: training shards that exist (or the demo) and readable eval sets; an
-        evaluation-only run (`training=False`) needs eval sets and never reads the training shards."""
-        from internvl_train.config import ConfigError
-
+        evaluation-only run (`training=False`) needs eval sets and never reads the training shards. Keys are
+        relative to this node: the stage's validate_run qualifies them with `data`."""
         if self.demo and self.sources:
-            raise ConfigError("data.sources", "demo: true uses the embedded demo shards; set demo: false "
+            raise ConfigError("sources", "demo: true uses the embedded demo shards; set demo: false "
                               "to train on your own sources")
         if not training and not self.demo and not self.eval_sets:
-            raise ConfigError("data.eval_sets", "mode=eval with no eval set: set data.eval_sets=[{name: ..., "
-                                                "shards: ...}] (or csv: ...), or data=demo")
+            raise ConfigError("eval_sets", "mode=eval with no eval set: set data.eval_sets=[{name: ..., "
+                                           "shards: ...}] (or csv: ...), or data=demo")
         if training and not self.demo and not self.sources:
-            raise ConfigError("data.sources", "no training shards: set data.sources=[{urls: ...}] or data=demo")
+            raise ConfigError("sources", "no training shards: set data.sources=[{urls: ...}] or data=demo")
         for i, source in enumerate(self.sources if training else []):
-            _validate_source(f"data.sources[{i}]", source, self.resampled)
+            with qualified(f"sources[{i}]"):
+                _validate_source(source, self.resampled)
         for i, eval_set in enumerate(self.eval_sets):
-            validate_eval_set(f"data.eval_sets[{i}]", eval_set)
+            with qualified(f"eval_sets[{i}]"):
+                validate_eval_set(eval_set)
 
 
 def expand_urls(urls: str) -> list[str]:
@@ -125,59 +125,57 @@ def is_remote(url: str) -> bool:
     return url.startswith(REMOTE_PREFIXES)
 
 
-def _validate_source(key: str, source: PairSourceConfig, resampled: bool) -> None:
-    from internvl_train.config import ConfigError
-
+def _validate_source(source: PairSourceConfig, resampled: bool) -> None:
+    """Checks of one training source; keys relative to it."""
     if not source.urls or source.urls == "???":
-        raise ConfigError(f"{key}.urls", "required: a brace pattern of .tar shards or a pipe: command")
+        raise ConfigError("urls", "required: a brace pattern of .tar shards or a pipe: command")
     if source.weight <= 0:
-        raise ConfigError(f"{key}.weight", f"must be > 0, got {source.weight}")
+        raise ConfigError("weight", f"must be > 0, got {source.weight}")
     if source.weight != 1.0 and not resampled:
-        raise ConfigError(f"{key}.weight", "weights mix sources only with data.resampled=true "
+        raise ConfigError("weight", "weights mix sources only with data.resampled=true "
                           "(epoch mode reads every sample exactly once)")
     shards = expand_urls(source.urls)
     if not resampled and any(is_remote(u) for u in shards):
         missing_stats = [u for u in shards if is_remote(u)]
-        raise ConfigError(f"{key}.urls", f"epoch mode needs per-shard sample counts, which remote shards "
+        raise ConfigError("urls", f"epoch mode needs per-shard sample counts, which remote shards "
                           f"({missing_stats[0]}) cannot provide: use data.resampled=true or local shards")
     missing = [u for u in shards if not is_remote(u) and not os.path.isfile(u)]
     if missing:
-        raise ConfigError(f"{key}.urls", f"{len(missing)} of {len(shards)} shards do not exist, first: "
+        raise ConfigError("urls", f"{len(missing)} of {len(shards)} shards do not exist, first: "
                           f"{missing[0]} (check the path and the brace range)")
 
 
-def validate_eval_set(key: str, eval_set: EvalSetConfig) -> None:
+def validate_eval_set(eval_set: EvalSetConfig) -> None:
+    """Checks of one eval set; keys relative to it (the caller qualifies them, e.g. `eval_sets[0]`)."""
     from data_pipelines.eval_formats import CLASSNAME_SETS, FORMATS, TEMPLATE_SETS
-    from internvl_train.config import ConfigError
-
     fmt = eval_set.format
     if fmt is not None and fmt not in FORMATS:
-        raise ConfigError(f"{key}.format", f"{fmt!r} is not one of {FORMATS}")
+        raise ConfigError("format", f"{fmt!r} is not one of {FORMATS}")
     if fmt is None and (eval_set.shards is None) == (eval_set.csv is None):
-        raise ConfigError(key, "set exactly one of shards / csv (or a format: with its root / annotation)")
+        raise ConfigError("", "set exactly one of shards / csv (or a format: with its root / annotation)")
     for name in {"csv": ["csv"], "shards": ["shards"], "imagenet_folder": ["root"],
                  "karpathy": ["annotation", "root"], "coco_captions": ["annotation", "root"]}.get(fmt, []):
         if getattr(eval_set, name) is None:
-            raise ConfigError(f"{key}.{name}", f"format {fmt} needs {name}")
+            raise ConfigError(name, f"format {fmt} needs {name}")
     paths = expand_urls(eval_set.shards) if eval_set.shards else [eval_set.csv] if eval_set.csv else []
     paths += [p for p in (eval_set.annotation, eval_set.classnames_file, eval_set.templates_file) if p]
     for path in paths:
         if not is_remote(path) and not os.path.isfile(path):
-            raise ConfigError(key, f"file not found: {path}")
+            raise ConfigError("", f"file not found: {path}")
     if eval_set.root is not None and not os.path.isdir(eval_set.root):
-        raise ConfigError(f"{key}.root", f"directory not found: {eval_set.root}")
+        raise ConfigError("root", f"directory not found: {eval_set.root}")
     if eval_set.classnames is not None and eval_set.classnames not in CLASSNAME_SETS:
-        raise ConfigError(f"{key}.classnames", f"{eval_set.classnames!r} is not one of {CLASSNAME_SETS}")
+        raise ConfigError("classnames", f"{eval_set.classnames!r} is not one of {CLASSNAME_SETS}")
     if eval_set.templates is not None and eval_set.templates not in TEMPLATE_SETS:
-        raise ConfigError(f"{key}.templates", f"{eval_set.templates!r} is not one of {TEMPLATE_SETS}")
+        raise ConfigError("templates", f"{eval_set.templates!r} is not one of {TEMPLATE_SETS}")
     if eval_set.classnames and eval_set.classnames_file:
-        raise ConfigError(key, "set classnames (a built-in list) or classnames_file, not both")
+        raise ConfigError("", "set classnames (a built-in list) or classnames_file, not both")
     if eval_set.templates and eval_set.templates_file:
-        raise ConfigError(key, "set templates (built-in prompts) or templates_file, not both")
+        raise ConfigError("", "set templates (built-in prompts) or templates_file, not both")
     has_classes = bool(eval_set.classnames_file or eval_set.classnames or fmt == "imagenet_folder")
     if eval_set.classnames_file and not (eval_set.templates_file or eval_set.templates):
-        raise ConfigError(key, "zero-shot needs both classnames_file and templates_file (or templates: openai)")
+        raise ConfigError("", "zero-shot needs both classnames_file and templates_file (or templates: openai)")
     if (eval_set.templates_file or eval_set.templates) and not has_classes:
-        raise ConfigError(key, "templates without class names: set classnames_file (or classnames: imagenet)")
+        raise ConfigError("", "templates without class names: set classnames_file (or classnames: imagenet)")
     if eval_set.batch_size < 1:
-        raise ConfigError(f"{key}.batch_size", f"must be >= 1, got {eval_set.batch_size}")
+        raise ConfigError("batch_size", f"must be >= 1, got {eval_set.batch_size}")

@@ -14,7 +14,8 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from internvl_train.config import ConfigError, check_run_config, register_configs, write_resolved_config
+from internvl_train.config import check_run_config, register_configs, write_resolved_config
+from internvl_train.errors import ConfigError
 
 if TYPE_CHECKING:
     from internvl_train.engine.stage_api import Stage

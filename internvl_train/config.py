@@ -11,38 +11,12 @@ import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional
+from typing import Any, Dict, List, Optional
 
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-
-class ConfigError(ValueError):
-    """A config value that cannot work; `key` is the dotted path (relative to the node that raised it)."""
-
-    def __init__(self, key: str, reason: str):
-        super().__init__(f"{key}: {reason}")
-        self.key = key
-        self.reason = reason
-
-
-def check_choice(key: str, value: Any, choices: Iterable[Any]) -> None:
-    """Raise ConfigError unless `value` is one of `choices`."""
-    choices = list(choices)
-    if value not in choices:
-        raise ConfigError(key, f"got {value!r}, expected one of {', '.join(map(repr, choices))}")
-
-
-def check_at_least(key: str, value: float, minimum: float) -> None:
-    """Raise ConfigError unless `value >= minimum`."""
-    if value < minimum:
-        raise ConfigError(key, f"got {value!r}, must be >= {minimum}")
-
-
-def check_existing_path(key: str, value: str, hint: str = "") -> None:
-    """Raise ConfigError unless `value` names an existing file or directory."""
-    if not Path(value).expanduser().exists():
-        raise ConfigError(key, f"path {value!r} does not exist" + (f"; {hint}" if hint else ""))
+from internvl_train.errors import ConfigError, check_at_least, check_choice, check_existing_path, qualified
 
 
 @dataclass
@@ -239,7 +213,8 @@ def _drop_unset_training_sources(cfg: DictConfig) -> None:
 
 
 def _validate_tree(node: Any, path: str, skip: frozenset[str]) -> None:
-    """Call validate() on every dataclass in the tree, parent before children, making keys absolute.
+    """Call validate() on every dataclass in the tree, parent before children, qualifying each node-relative
+    key with the node's path (internvl_train.errors has the rule).
 
     Each validate() checks its own node only; subtrees the stage never reads (`skip`) are not checked,
     and what a stage needs from the other groups belongs in its `validate_run`."""
@@ -247,10 +222,8 @@ def _validate_tree(node: Any, path: str, skip: frozenset[str]) -> None:
         return
     if dataclasses.is_dataclass(node):
         if hasattr(node, "validate"):
-            try:
+            with qualified(path):
                 node.validate()
-            except ConfigError as err:
-                raise ConfigError(absolute_key(path, err.key), err.reason) from None
         for f in dataclasses.fields(node):
             _validate_tree(getattr(node, f.name), f"{path}.{f.name}" if path else f.name, skip)
     elif isinstance(node, (list, tuple)):
@@ -259,14 +232,6 @@ def _validate_tree(node: Any, path: str, skip: frozenset[str]) -> None:
     elif isinstance(node, dict):
         for key, child in node.items():
             _validate_tree(child, f"{path}.{key}", skip)
-
-
-def absolute_key(path: str, key: str) -> str:
-    """Prefix a node-relative key with the node's path; keep keys already rooted at the top-level group."""
-    group = path.split(".")[0].split("[")[0]
-    if not path or key == group or key.startswith((f"{group}.", f"{group}[")):
-        return key
-    return f"{path}.{key}"
 
 
 def _first_line(err: Exception) -> str:

@@ -10,7 +10,14 @@ from typing import Any, Iterable, Optional
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError
 
-from internvl_train.config import ConfigError
+from internvl_train.errors import ConfigError
+
+# Keys that moved, by full path: an old config naming one is told where the knob lives now.
+MOVED_KEYS = {
+    **{f"data.sft.{key}": f"model.chat.{key}"
+       for key in ("dynamic_image_size", "min_dynamic_patch", "max_dynamic_patch", "use_thumbnail")},
+    "data.sft.image_size": "model.chat.force_image_size",  # the tile size is the model's
+}
 
 
 def did_you_mean(name: str, candidates: Iterable[str], parent: str = "") -> str:
@@ -25,8 +32,8 @@ def did_you_mean(name: str, candidates: Iterable[str], parent: str = "") -> str:
 def _unknown(path: str, key: str, schema: type) -> ConfigError:
     full = f"{path}.{key}" if path else key
     fields = [f.name for f in dataclasses.fields(schema)]
-    return ConfigError(full, f"unknown key: {schema.__name__} has no field {key!r}"
-                             f"{did_you_mean(key, fields, path)}")
+    hint = f"; it moved to {MOVED_KEYS[full]}" if full in MOVED_KEYS else did_you_mean(key, fields, path)
+    return ConfigError(full, f"unknown key: {schema.__name__} has no field {key!r}{hint}")
 
 
 def check_known_keys(node: Any, path: str = "") -> None:

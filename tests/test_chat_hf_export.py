@@ -37,7 +37,7 @@ def exports(tmp_path_factory) -> dict[str, Path]:
     out = {}
     for key, overrides in EXPORTS.items():
         run = root / key.replace("/", "-")
-        stage, model = tiny_chat_model(run / "run", [*overrides, "data.sft.max_dynamic_patch=4"])
+        stage, model = tiny_chat_model(run / "run", [*overrides, "model.chat.max_dynamic_patch=4"])
         stage.export(model, str(run / "export"))
         out[key] = run / "export"
     return out

@@ -8,6 +8,7 @@ from data_pipelines.sft.encode import ConversationEncoder, EncoderSettings
 from data_pipelines.sft.loader import SftLoader
 from data_pipelines.sft.source import open_source
 from data_pipelines.sft.templates import TEMPLATE_NAMES
+from internvl_train.errors import qualified
 
 
 def resolve_sources(cfg: SftDataConfig) -> tuple[str | None, str | None, str | None]:
@@ -21,11 +22,17 @@ def resolve_sources(cfg: SftDataConfig) -> tuple[str | None, str | None, str | N
 
 
 def build_sft_loader(cfg: SftDataConfig, tokenizer: Any, rank: int, world_size: int, micro_batch_size: int,
-                     seed: int, num_image_token: int, image_size: int, template: str) -> SftLoader:
+                     seed: int, num_image_token: int, image_size: int, template: str, *, min_tiles: int = 1,
+                     max_tiles: int = 12, use_thumbnail: bool = True, dynamic: bool = True) -> SftLoader:
     """The endless, resumable SFT loader of this rank. `num_image_token` and `image_size` come from the
     model (tokens per tile after pixel shuffle, ViT input size) and override the config's values;
-    `template` is the chat model's conversation template (TEMPLATE_NAMES)."""
-    cfg.validate()
+    `template` is the chat model's conversation template (TEMPLATE_NAMES); the tiling (`min_tiles`..`max_tiles`
+    tiles per image, `use_thumbnail`, `dynamic` resolution) is the chat model's too (model.chat.min_dynamic_patch,
+    max_dynamic_patch, use_thumbnail, dynamic_image_size; the defaults are ChatConfig's)."""
+    with qualified("data.sft"):
+        cfg.validate()
+    if not 1 <= min_tiles <= max_tiles:
+        raise ValueError(f"need 1 <= min_tiles <= max_tiles, got {min_tiles} and {max_tiles}")
     if template not in TEMPLATE_NAMES:
         raise ValueError(f"unknown conversation template {template!r}; choose one of {TEMPLATE_NAMES}")
     if tokenizer.pad_token_id is None:
@@ -36,8 +43,8 @@ def build_sft_loader(cfg: SftDataConfig, tokenizer: Any, rank: int, world_size: 
         raise ValueError("num_image_token must come from the model (tokens per tile), got 0")
     settings = EncoderSettings(
         template=template, system_message=cfg.system_message, num_image_token=num_image_token,
-        image_size=image_size, min_tiles=cfg.min_dynamic_patch, max_tiles=cfg.max_dynamic_patch,
-        use_thumbnail=cfg.use_thumbnail, dynamic=cfg.dynamic_image_size, max_seq_len=cfg.max_seq_len,
+        image_size=image_size, min_tiles=min_tiles, max_tiles=max_tiles,
+        use_thumbnail=use_thumbnail, dynamic=dynamic, max_seq_len=cfg.max_seq_len,
         max_tiles_per_sample=cfg.max_tiles_per_row, max_image_pixels=cfg.max_image_pixels,
         max_aspect_ratio=cfg.max_aspect_ratio)
     meta_path, llava_json, image_root = resolve_sources(cfg)

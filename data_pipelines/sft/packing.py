@@ -6,7 +6,6 @@ either flash-attn varlen `cu_seqlens` or an SDPA block-diagonal causal mask (bot
 """
 from __future__ import annotations
 
-import math
 from typing import Any, Sequence
 
 import torch

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 
-from internvl_train.config import ConfigError
+from internvl_train.errors import ConfigError
 from internvl_train.engine import collectives as D
 from internvl_train.engine.compat import install_deepspeed_compat
 from internvl_train.engine.checkpoint import CheckpointManager, capture_rng_state, restore_rng_state

@@ -29,6 +29,7 @@ import torch
 from data_pipelines.config import EvalSetConfig, validate_eval_set
 from data_pipelines.eval_formats import default_set_name
 from data_pipelines.sft.config import VQA_METRICS
+from internvl_train.errors import ConfigError, qualified
 
 _SHORT = {"karpathy": ("karpathy", ["annotation", "root", "split"]),
           "coco_captions": ("coco_captions", ["annotation", "root"]),
@@ -40,8 +41,6 @@ _INT_FIELDS = {f.name for f in dataclasses.fields(EvalSetConfig) if f.type in ("
 
 def parse_spec(spec: str) -> EvalSetConfig:
     """An eval-set spec (module docstring) as an EvalSetConfig, checked like a config's eval set."""
-    from internvl_train.config import ConfigError
-
     if "=" in spec.split(",", 1)[0] and not spec.split(":", 1)[0] in _SHORT:
         fields = dict(part.split("=", 1) for part in spec.split(",") if part)
         known = {f.name for f in dataclasses.fields(EvalSetConfig)}
@@ -60,7 +59,8 @@ def parse_spec(spec: str) -> EvalSetConfig:
         values = {"format": fmt, **dict(zip(names, parts))}
     values.setdefault("name", default_set_name(values.get("format") or "", values.get("annotation")))
     cfg = EvalSetConfig(**values)
-    validate_eval_set(f"eval set {spec!r}", cfg)
+    with qualified(f"eval set {spec!r}"):
+        validate_eval_set(cfg)
     return cfg
 
 
@@ -155,7 +155,6 @@ def _run_vqa(args: argparse.Namespace, specs: Sequence[str]) -> int:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    from internvl_train.config import ConfigError
     from internvl_train.eval.results import append_results
     from internvl_train.stages.config import ContrastiveStageConfig
 

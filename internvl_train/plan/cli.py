@@ -12,7 +12,7 @@ from typing import Optional, Sequence
 
 from omegaconf import DictConfig
 
-from internvl_train.config import ConfigError
+from internvl_train.errors import ConfigError
 from internvl_train.plan.settings import PlanSettings, split_plan_overrides
 
 EXIT_CONFIG_ERROR = 2

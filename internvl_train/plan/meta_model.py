@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from internvl_train.engine.freeze import freeze_modules
+from internvl_train.errors import ConfigError
 from internvl_train.models.config import ModelConfig, as_model_config
 from internvl_train.stages import get_stage_class
 from internvl_train.engine.stage_api import DistInfo, Stage
@@ -110,7 +111,6 @@ def text_vocab_size(cfg: Any, notes: list[str]) -> int:
     the demo tokenizer's size."""
     if cfg.model.text.vocab_size:
         return int(cfg.model.text.vocab_size)
-    from internvl_train.config import ConfigError
     from internvl_train.stages.config import generative_init_from, tokenizer_source
 
     init_from = generative_init_from(cfg) if cfg.stage.name == "generative" else cfg.init_from

@@ -8,7 +8,7 @@ import difflib
 from dataclasses import dataclass
 from typing import Sequence
 
-from internvl_train.config import ConfigError
+from internvl_train.errors import ConfigError
 
 PLAN_PREFIX = "plan."
 

@@ -111,11 +111,12 @@ class SftRow:
     packed: bool
 
 
-def sft_row(sft: Any, image_tokens_per_tile: int) -> SftRow:
+def sft_row(sft: Any, chat: Any, image_tokens_per_tile: int) -> SftRow:
     """An SFT row at its largest: full of tokens and holding as many tiles as both the per-image tile limit and
-    the row's limits allow (tiles per sample: max_dynamic_patch (+ thumbnail), 1 without dynamic resolution)."""
-    per_image = sft.max_dynamic_patch + (1 if sft.use_thumbnail and sft.max_dynamic_patch > 1 else 0) \
-        if sft.dynamic_image_size else 1
+    the row's limits allow (tiles per sample: model.chat.max_dynamic_patch (+ thumbnail), 1 without dynamic
+    resolution). `sft` is data.sft, `chat` model.chat (the tiling's home)."""
+    per_image = chat.max_dynamic_patch + (1 if chat.use_thumbnail and chat.max_dynamic_patch > 1 else 0) \
+        if chat.dynamic_image_size else 1
     tokens = sft.max_packed_tokens if sft.packing else sft.max_seq_len
     fit = tokens // image_tokens_per_tile
     tiles = min(sft.max_tiles_per_row, fit) if sft.packing else min(per_image, sft.max_tiles_per_row, fit)
@@ -125,7 +126,7 @@ def sft_row(sft: Any, image_tokens_per_tile: int) -> SftRow:
 def _chat(cfg: Any, model: Any, e: int, ranks: int) -> Workload:
     inner, mcfg = model.model, as_model_config(cfg.model)
     vcfg, text_config = mcfg.vision, model.config.text_config
-    row = sft_row(cfg.data.sft, int(model.config.image_seq_length))
+    row = sft_row(cfg.data.sft, mcfg.chat, int(model.config.image_seq_length))
     vision_tokens = (mcfg.chat.force_image_size // vcfg.patch_size) ** 2 + 1
     vit = inner.vision_tower
     vision_layers = layers_on_gradient_path(vit.encoder.layer, any_trainable(vit.embeddings))

@@ -12,7 +12,7 @@ from typing import Any, List, Optional
 
 from omegaconf import MISSING
 
-from internvl_train.config import ConfigError, absolute_key, check_at_least, check_choice
+from internvl_train.errors import ConfigError, check_at_least, check_choice, qualified
 
 
 # Stages 1 and 2 read image-text pairs: the chat model and the SFT conversations are not theirs to check.
@@ -39,7 +39,8 @@ class StageConfig:
         return ()
 
     def validate_run(self, run: Any) -> None:
-        """Cross-group checks on the whole RunConfig (keys absolute), after every group validated itself."""
+        """Cross-group checks on the whole RunConfig, after every group validated itself. Keys are relative to
+        the root (i.e. full paths); a sub-node's validator called here is qualified with its path."""
 
 
 @dataclass
@@ -71,7 +72,8 @@ class ContrastiveStageConfig(StageConfig):
         return IMAGE_TEXT_STAGES_UNUSED
 
     def validate_run(self, run: Any) -> None:
-        run.data.validate_pair_sources(training=run.mode == "train")
+        with qualified("data"):
+            run.data.validate_pair_sources(training=run.mode == "train")
         tokenizer_source(run, run.init_from)
 
 
@@ -129,11 +131,10 @@ class GenerativeStageConfig(StageConfig):
     def validate_run(self, run: Any) -> None:
         """QLLaMA's three passes need custom attention masks and room for queries + caption tokens; the
         weights to start from must exist (init_from, else an official checkpoint, else default_init_from)."""
-        run.data.validate_pair_sources(training=run.mode == "train")
-        try:
+        with qualified("data"):
+            run.data.validate_pair_sources(training=run.mode == "train")
+        with qualified("model"):
             run.model.validate_qllama()
-        except ConfigError as err:
-            raise ConfigError(absolute_key("model", err.key), err.reason) from None
         path = generative_init_from(run)
         if path is not None and not os.path.exists(os.path.expanduser(path)):
             raise ConfigError("init_from", f"null, and the default stage-1 export {path!r} does not exist: run "

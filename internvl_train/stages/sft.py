@@ -62,12 +62,12 @@ class SftStage(Stage):
 
     def _record_inference_settings(self, model: InternVLChatModel) -> None:
         """The chat CLI and evaluation must prompt and tile exactly as the data pipeline did: keep the
-        settings in the model config, which every export writes."""
-        data, config = self.sft_data, model.config
-        config.template = self.cfg.model.chat.template
-        config.system_message = data.system_message
-        config.min_dynamic_patch, config.max_dynamic_patch = data.min_dynamic_patch, data.max_dynamic_patch
-        config.use_thumbnail, config.dynamic_image_size = data.use_thumbnail, data.dynamic_image_size
+        settings in the model config, which every export writes (the loader takes its tiling from there)."""
+        chat, config = self.cfg.model.chat, model.config
+        config.template = chat.template
+        config.system_message = self.sft_data.system_message
+        config.min_dynamic_patch, config.max_dynamic_patch = chat.min_dynamic_patch, chat.max_dynamic_patch
+        config.use_thumbnail, config.dynamic_image_size = chat.use_thumbnail, chat.dynamic_image_size
 
     def frozen_modules(self, model: nn.Module) -> list[nn.Module]:
         return frozen_parts(model, self.cfg.stage)
@@ -77,7 +77,9 @@ class SftStage(Stage):
         settings = PromptSettings.from_model_config(self._config())
         return build_sft_loader(self.sft_data, self.tokenizer, self.dist.rank, self.dist.world_size,
                                 self.cfg.trainer.micro_batch_size, self.cfg.seed, settings.num_image_token,
-                                settings.image_size, self.cfg.model.chat.template)
+                                settings.image_size, self.cfg.model.chat.template, min_tiles=settings.min_tiles,
+                                max_tiles=settings.max_tiles, use_thumbnail=settings.use_thumbnail,
+                                dynamic=settings.dynamic)
 
     def _config(self) -> Any:
         if not hasattr(self, "_model_config"):

@@ -8,7 +8,7 @@ from typing import Any, Optional
 
 from torch import nn
 
-from internvl_train.config import ConfigError
+from internvl_train.errors import ConfigError
 from internvl_train.models.chat.modeling import InternVLChatModel, chat_parts
 from internvl_train.models.chat.build import is_chat_checkpoint
 from internvl_train.models.lora import without_lora

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from internvl_train.config import ConfigError, check_run_config
+from internvl_train.config import check_run_config
+from internvl_train.errors import ConfigError
 from internvl_train.stages import STAGE_CLASSES, get_stage_class
 from internvl_train.stages.config import SftStageConfig
 

@@ -5,7 +5,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from data_pipelines.config import DataConfig, EvalSetConfig, PairSourceConfig
-from internvl_train.config import ConfigError
+from internvl_train.errors import ConfigError
 
 
 def test_missing_local_shards_are_rejected_with_the_path(tmp_path):
@@ -14,14 +14,14 @@ def test_missing_local_shards_are_rejected_with_the_path(tmp_path):
     cfg.validate()  # node checks pass: whether shards are needed is the stage's call
     with pytest.raises(ConfigError, match=r"2 of 3 shards do not exist.*s-1.tar") as info:
         cfg.validate_pair_sources()
-    assert info.value.key == "data.sources[0].urls"
+    assert info.value.key == "sources[0].urls"  # relative to DataConfig: the stage qualifies it with data
 
 
 @pytest.mark.parametrize("change, key", [
-    (lambda c: setattr(c, "normalization", "openai"), "data.normalization"),
-    (lambda c: setattr(c.sources[0], "weight", 2.0), "data.sources[0].weight"),  # weights need resampled
-    (lambda c: setattr(c.sources[0], "urls", "pipe:curl -s x/{0..3}.tar"), "data.sources[0].urls"),
-    (lambda c: c.eval_sets.append(EvalSetConfig(name="x")), "data.eval_sets[0]"),
+    (lambda c: setattr(c, "normalization", "openai"), "normalization"),
+    (lambda c: setattr(c.sources[0], "weight", 2.0), "sources[0].weight"),  # weights need resampled
+    (lambda c: setattr(c.sources[0], "urls", "pipe:curl -s x/{0..3}.tar"), "sources[0].urls"),
+    (lambda c: c.eval_sets.append(EvalSetConfig(name="x")), "eval_sets[0]"),
 ])
 def test_bad_values_name_their_key(tmp_path, change, key):
     (tmp_path / "s.tar").write_bytes(b"")
@@ -40,7 +40,7 @@ def test_pair_sources_are_required_only_by_the_pair_stages():
     cfg.validate()
     with pytest.raises(ConfigError) as info:
         cfg.validate_pair_sources()  # stages 1 and 2 call this from their validate_run
-    assert info.value.key == "data.sources"
+    assert info.value.key == "sources"
 
 
 def test_yaml_options_merge_into_the_schema():

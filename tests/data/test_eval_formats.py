@@ -195,11 +195,11 @@ def test_imagenet_style_csv_without_captions_is_captioned_by_class_name(tmp_path
 
 def test_config_validation_of_the_formats(tmp_path):
     from data_pipelines.config import validate_eval_set
-    from internvl_train.config import ConfigError
+    from internvl_train.errors import ConfigError, qualified
 
     annotation, root = write_karpathy(tmp_path)
-    validate_eval_set("e", EvalSetConfig(name="f", format="karpathy", annotation=str(annotation), root=str(root)))
-    validate_eval_set("e", EvalSetConfig(name="i", format="imagenet_folder", root=str(root), templates="simple"))
+    validate_eval_set(EvalSetConfig(name="f", format="karpathy", annotation=str(annotation), root=str(root)))
+    validate_eval_set(EvalSetConfig(name="i", format="imagenet_folder", root=str(root), templates="simple"))
     bad = [(dict(format="karpathy", annotation=str(annotation)), "e.root", "needs root"),
            (dict(format="karpathy", annotation=str(annotation) + ".x", root=str(root)), "e", "file not found"),
            (dict(format="imagenet_folder", root=str(root / "nope")), "e.root", "directory not found"),
@@ -209,7 +209,8 @@ def test_config_validation_of_the_formats(tmp_path):
            (dict(), "e", "exactly one")]
     for fields, key, message in bad:
         with pytest.raises(ConfigError, match=message) as err:
-            validate_eval_set("e", EvalSetConfig(name="x", **fields))
+            with qualified("e"):  # keys are relative to the eval set: the caller names it
+                validate_eval_set(EvalSetConfig(name="x", **fields))
         assert err.value.key == key
 
 

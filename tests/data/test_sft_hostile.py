@@ -80,10 +80,10 @@ def hostile_meta(tmp_path_factory) -> str:
     return os.path.join(folder, "meta.json")
 
 
-def make(meta: str, tok, **cfg):
-    c = SftDataConfig(meta_path=meta, image_size=SIZE, max_dynamic_patch=4, num_image_token=NIT, **cfg)
+def make(meta: str, tok, dynamic: bool = True, **cfg):
+    c = SftDataConfig(meta_path=meta, num_image_token=NIT, **cfg)
     return build_sft_loader(c, tok, rank=0, world_size=1, micro_batch_size=1, seed=0, num_image_token=NIT,
-                            image_size=SIZE, template="internvl2_5")
+                            image_size=SIZE, template="internvl2_5", max_tiles=4, dynamic=dynamic)
 
 
 def expected_counts() -> Counter:
@@ -123,7 +123,7 @@ def test_messages_name_the_file_and_line(hostile_meta, tok):
 
 
 def test_16bit_image_is_scaled_to_8_bits(hostile_meta, tok):
-    loader = make(hostile_meta, tok, num_workers=0, dynamic_image_size=False)
+    loader = make(hostile_meta, tok, num_workers=0, dynamic=False)
     record, spec = {"image": "sixteen.png", "conversations": CONV}, loader.source.specs[0]
     pixels = loader.encoder.encode(record, spec).pixel_values  # ImageNet-normalised, one tile
     mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
@@ -145,7 +145,7 @@ def test_llava_list_with_non_objects(tmp_path, tok):
     names = write_color_images(str(tmp_path / "imgs"), [(40, 30)])
     path = tmp_path / "llava.json"
     path.write_text(json.dumps([1, "x", qa_record(names[0], [("What?", "A colour.")]), None, GOOD[0]]))
-    c = SftDataConfig(llava_json=str(path), image_root=str(tmp_path / "imgs"), image_size=SIZE)
+    c = SftDataConfig(llava_json=str(path), image_root=str(tmp_path / "imgs"))
     loader = build_sft_loader(c, tok, 0, 1, 1, 0, NIT, SIZE, template="vicuna_v1")
     outcomes = [loader._encode(i) for i in range(len(loader.source))]
     assert [o[0] if isinstance(o, tuple) else "ok" for o in outcomes] == ["bad_record"] * 2 + ["ok"] + [

@@ -37,11 +37,9 @@ def meta(tmp_path_factory):
 
 
 def make(meta, tok, rank=0, world=1, mbs=2, seed=0, **cfg):
-    c = SftDataConfig(meta_path=meta, image_size=SIZE, max_dynamic_patch=6,
-                      system_message="Answer briefly.",
-                      num_image_token=NIT, **cfg)
+    c = SftDataConfig(meta_path=meta, system_message="Answer briefly.", num_image_token=NIT, **cfg)
     return build_sft_loader(c, tok, rank=rank, world_size=world, micro_batch_size=mbs, seed=seed,
-                            num_image_token=NIT, image_size=SIZE, template="internvl2_5")
+                            num_image_token=NIT, image_size=SIZE, template="internvl2_5", max_tiles=6)
 
 
 def same_batch(a, b):
@@ -127,7 +125,7 @@ def test_llava_json_source(tmp_path, tok):
     names = write_color_images(str(tmp_path / "imgs"), [(40, 30)])
     path = tmp_path / "llava.json"
     path.write_text(json.dumps([qa_record(names[0], [("What?", "A colour.")]), qa_record(None, [("Hi", "Yo")])]))
-    c = SftDataConfig(llava_json=str(path), image_root=str(tmp_path / "imgs"), image_size=SIZE)
+    c = SftDataConfig(llava_json=str(path), image_root=str(tmp_path / "imgs"))
     loader = build_sft_loader(c, tok, 0, 1, 2, 0, NIT, SIZE, template="vicuna_v1")
     b = loader.next_batch()
     assert b["num_samples"] == 2 and b["pixel_values"].shape[1:] == (3, SIZE, SIZE)
@@ -142,7 +140,7 @@ def test_all_bad_stops_with_reasons(tmp_path, tok):
 
 
 def test_config_validation(meta, tok):
-    from internvl_train.config import ConfigError
+    from internvl_train.errors import ConfigError
 
     with pytest.raises(ConfigError, match="exactly one"):
         SftDataConfig().validate()
@@ -154,7 +152,7 @@ def test_config_validation(meta, tok):
         SftDataConfig(llava_json=meta).validate()
     with pytest.raises(ConfigError, match="file not found") as err:
         SftDataConfig(meta_path=meta + ".missing").validate()
-    assert err.value.key == "data.sft.meta_path"
+    assert err.value.key == "meta_path"  # relative to data.sft: the config walk qualifies it
     with pytest.raises(ConfigError, match="max_packed_tokens"):
         SftDataConfig(meta_path=meta, packing=True, max_seq_len=100, max_packed_tokens=50).validate()
     SftDataConfig(meta_path=meta).validate()

@@ -14,7 +14,7 @@ import torch
 from helpers import exported
 from toy_stage import ToyStage, make_cfg
 
-from internvl_train.config import ConfigError
+from internvl_train.errors import ConfigError
 from internvl_train.engine.distributed import init_distributed
 from internvl_train.engine.trainer import Trainer
 from internvl_train.engine.stage_api import DistInfo

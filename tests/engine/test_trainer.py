@@ -10,7 +10,7 @@ import torch
 from helpers import assert_same_tensors, exported, losses_by_step, metric_rows, optimizer_tensors
 from toy_stage import NAN_STEPS_ENV, SIGNAL_STEP_ENV, ToyModel, ToyStage, make_cfg
 
-from internvl_train.config import ConfigError
+from internvl_train.errors import ConfigError
 from internvl_train.engine.distributed import init_distributed
 from internvl_train.engine.guard import NonFiniteLossError
 from internvl_train.engine.schedule import lr_at

@@ -17,7 +17,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def test_specs_parse_to_eval_set_configs(tmp_path):
-    from internvl_train.config import ConfigError
+    from internvl_train.errors import ConfigError
     from internvl_train.eval.__main__ import parse_spec
 
     annotation, root = write_karpathy(tmp_path)

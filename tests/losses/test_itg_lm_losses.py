@@ -37,8 +37,8 @@ def test_weighted_lm_loss_packed_equals_unpacked(reduction: str) -> None:
     torch.manual_seed(0)
     vocab = 11
     # two samples; the second's first token is supervised on purpose (packing must not make it a target)
-    a_ids, a_lab = torch.tensor([1, 4, 5, 6, 7]), torch.tensor([I, I, 5, 6, 7])
-    b_ids, b_lab = torch.tensor([1, 8, 9]), torch.tensor([1, 8, 9])
+    a_lab = torch.tensor([I, I, 5, 6, 7])
+    b_lab = torch.tensor([1, 8, 9])
     a_log, b_log = torch.randn(5, vocab), torch.randn(3, vocab)
     # unpacked: two rows, right padded
     labels_u = torch.stack([a_lab, torch.cat([b_lab, torch.full((2,), I)])])

@@ -1,7 +1,10 @@
 """Tiny configs shared by the stage-1/2 model tests."""
 from __future__ import annotations
 
-from internvl_train.models.config import ModelConfig, QLLaMAConfig, TextTowerConfig, VisionTowerConfig
+from internvl_train.models.config import ModelConfig
+from internvl_train.models.internvit.configuration import VisionTowerConfig
+from internvl_train.models.internvl_c.configuration import TextTowerConfig
+from internvl_train.models.qllama.configuration import QLLaMAConfig
 
 VOCAB = 50
 

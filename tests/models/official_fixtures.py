@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from internvl_train.models.config import ModelConfig, VisionTowerConfig
+from internvl_train.models.config import ModelConfig
+from internvl_train.models.internvit.configuration import VisionTowerConfig
 
 
 def _t(*shape: int, gen: torch.Generator) -> torch.Tensor:

@@ -42,7 +42,7 @@ def test_embedding_is_read_at_the_last_real_token_for_any_padding_side():
 
 
 def test_tokenizer_loads_from_a_local_directory_only(tmp_path):
-    from internvl_train.models.config import TextTowerConfig
+    from internvl_train.models.internvl_c.configuration import TextTowerConfig
     from internvl_train.models.internvl_c.text_tower import load_text_tokenizer
 
     _tokenizer(pad=False).save_pretrained(tmp_path)

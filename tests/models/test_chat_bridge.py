@@ -12,7 +12,10 @@ from internvl_train.models.chat.configuration import ChatConfig, ChatLLMConfig
 from internvl_train.inference.export import export_native, export_official
 from internvl_train.plan.standin_tokenizer import build_tiny_tokenizer
 from internvl_train.models.weights import read_state_dict
-from internvl_train.models.config import ModelConfig, QLLaMAConfig, TextTowerConfig, VisionTowerConfig
+from internvl_train.models.config import ModelConfig
+from internvl_train.models.internvit.configuration import VisionTowerConfig
+from internvl_train.models.internvl_c.configuration import TextTowerConfig
+from internvl_train.models.qllama.configuration import QLLaMAConfig
 from internvl_train.models.internvl_g.modeling import InternVLG
 from tests.models.test_chat_model import IMAGE, tiny_tower, one_thread  # noqa: F401 (autouse)
 

@@ -10,7 +10,7 @@ import yaml
 from omegaconf import OmegaConf
 from transformers import InternVLVisionModel
 
-from internvl_train.config import ConfigError
+from internvl_train.errors import ConfigError
 from internvl_train.models.chat.modeling import build_chat_model
 from tests.models.chat_spec import image_token_spec
 from internvl_train.models.chat.configuration import ChatConfig, ChatLLMConfig
@@ -73,8 +73,9 @@ def test_tiny_preset_builds_and_counts_tokens() -> None:
 
 
 @pytest.mark.parametrize("field, value, key", [
-    ("ps_version", "v3", "model.chat.ps_version"), ("bridge", "qformer", "model.chat.bridge"),
-    ("downsample_ratio", 0.3, "model.chat.downsample_ratio"), ("max_dynamic_patch", 0, "model.chat.max_dynamic_patch"),
+    ("ps_version", "v3", "ps_version"), ("bridge", "qformer", "bridge"),
+    ("downsample_ratio", 0.3, "downsample_ratio"), ("max_dynamic_patch", 0, "max_dynamic_patch"),
+    ("min_dynamic_patch", 5, "max_dynamic_patch"),  # chat_tiny's max is 4: min > max names max
 ])
 def test_bad_chat_values_are_rejected_with_their_key(field: str, value, key: str) -> None:
     cfg = load_preset("chat_tiny")
@@ -89,4 +90,4 @@ def test_chat_needs_an_llm() -> None:
         ChatConfig().validate()
     with pytest.raises(ConfigError) as err:
         ChatConfig(llm=ChatLLMConfig(hidden_size=60, num_heads=8)).validate()
-    assert err.value.key == "model.chat.llm.hidden_size"
+    assert err.value.key == "llm.hidden_size"  # relative to ChatConfig

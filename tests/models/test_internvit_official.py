@@ -11,7 +11,7 @@ from official_fixtures import official_internvit
 from internvl_train.models.internvit import official as official_vit
 from internvl_train.models.internvl_c.build import load_vision_weights
 from internvl_train.models.weights import CheckpointMismatchError
-from internvl_train.models.config import VisionTowerConfig
+from internvl_train.models.internvit.configuration import VisionTowerConfig
 from internvl_train.models.internvl_c.modeling import InternVLC
 
 

@@ -8,7 +8,7 @@ import torch
 import yaml
 from omegaconf import OmegaConf
 
-from internvl_train.config import ConfigError
+from internvl_train.errors import ConfigError
 from internvl_train.models.config import ModelConfig, as_model_config
 from internvl_train.models.flops import (decoder_train_flops_per_token, internvl_c_train_flops_per_sample,
                                          matmul_params, vision_train_flops)

@@ -9,7 +9,7 @@ import torch
 from internvl_train.plan.memory import model_state_bytes
 from internvl_train.plan.planner import build_plan
 from internvl_train.plan.settings import PlanSettings, split_plan_overrides
-from internvl_train.config import ConfigError
+from internvl_train.errors import ConfigError
 from plan_helpers import compose
 
 GPUS = 4

@@ -16,7 +16,7 @@ from internvl_train.config import check_run_config, register_configs
 TINY_SFT = ["stage=sft", "logger=none", "model.chat.llm_from_text_tower=false", "trainer.max_steps=2",
             "trainer.micro_batch_size=2", "trainer.log_every=1", "trainer.save_every=0", "trainer.warmup_steps=1",
             "trainer.progress_bar=off",
-            "data.sft.max_dynamic_patch=1", "data.sft.max_packed_tokens=768", "data.sft.num_workers=0",
+            "model.chat.max_dynamic_patch=1", "data.sft.max_packed_tokens=768", "data.sft.num_workers=0",
             "stage.eval_max_questions=4", "stage.eval_batch_size=4", "stage.max_new_tokens=3"]
 
 

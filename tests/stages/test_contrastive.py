@@ -145,7 +145,8 @@ def test_text_lm_weight_null_is_off_for_a_pretrained_text_tower(tmp_path):
 
 def test_paper_recipe_composes_and_names_missing_shards(tmp_path, monkeypatch):
     from generative_helpers import compose_run
-    from internvl_train.config import ConfigError, check_run_config
+    from internvl_train.config import check_run_config
+    from internvl_train.errors import ConfigError
 
     monkeypatch.setenv("INTERNVL_DATA", str(tmp_path))
     cfg = compose_run(["experiment=internvl_c_stage1"])

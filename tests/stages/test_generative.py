@@ -108,7 +108,8 @@ def test_itm_with_a_global_batch_of_one_is_skipped_not_nan(stage2_cfg):
 
 
 def test_missing_default_stage1_export_names_init_from_and_the_command(tmp_path, monkeypatch):
-    from internvl_train.config import ConfigError, check_run_config
+    from internvl_train.config import check_run_config
+    from internvl_train.errors import ConfigError
 
     monkeypatch.chdir(tmp_path)
     with pytest.raises(ConfigError) as err:

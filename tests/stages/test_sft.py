@@ -7,7 +7,7 @@ import pytest
 import torch
 from sft_helpers import compose_sft
 
-from internvl_train.config import ConfigError
+from internvl_train.errors import ConfigError
 from internvl_train.engine.freeze import freeze_modules
 from internvl_train.models.weights import from_pretrained
 from internvl_train.stages.sft import SftStage
@@ -45,6 +45,16 @@ def test_only_assistant_answers_and_their_end_marker_carry_labels(sft_cfg, dist)
             text = tok.decode(ids[start:end].tolist(), skip_special_tokens=False)
             assert text.endswith("<|im_end|>") and "<|im_start|>" not in text and "<IMG_CONTEXT>" not in text
     assert int((batch["input_ids"] == model.config.image_token_id).sum()) == 16 * batch["pixel_values"].shape[0]
+
+
+def test_the_loader_tiles_with_the_chat_models_knobs(sft_cfg, dist):
+    """model.chat is the one home of the tiling: the loader and the exported config take its values."""
+    stage, model = built(sft_cfg("model.chat.max_dynamic_patch=3", "model.chat.min_dynamic_patch=2",
+                                 "model.chat.use_thumbnail=false", "model.chat.dynamic_image_size=false"), dist)
+    s = stage.build_train_loader().encoder.s
+    assert (s.min_tiles, s.max_tiles, s.use_thumbnail, s.dynamic, s.image_size) == (2, 3, False, False, 64)
+    c = model.config
+    assert (c.min_dynamic_patch, c.max_dynamic_patch, c.use_thumbnail, c.dynamic_image_size) == (2, 3, False, False)
 
 
 def test_packed_and_unpacked_micro_batches_give_the_same_loss(sft_cfg, dist):

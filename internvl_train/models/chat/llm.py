@@ -10,6 +10,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PretrainedConfig, PreTrainedModel
 
 from internvl_train.models.chat.configuration import ChatConfig, ChatLLMConfig
+from internvl_train.models.config import transformers_shape
 
 log = logging.getLogger(__name__)
 
@@ -25,11 +26,8 @@ def make_llm_config(arch: ChatLLMConfig, vocab_size: int, attn_implementation: s
     """A transformers config (LlamaConfig / Qwen2Config) from the inline architecture."""
     return AutoConfig.for_model(
         arch.model_type,
-        hidden_size=arch.hidden_size,
-        num_hidden_layers=arch.num_layers,
-        num_attention_heads=arch.num_heads,
+        **transformers_shape(arch),
         num_key_value_heads=arch.num_kv_heads or arch.num_heads,
-        intermediate_size=arch.intermediate_size,
         vocab_size=arch.vocab_size or vocab_size,
         max_position_embeddings=arch.max_position_embeddings,
         rope_theta=arch.rope_theta,

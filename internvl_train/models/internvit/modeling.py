@@ -16,7 +16,8 @@ import torch
 from torch import nn
 from transformers import InternVLVisionConfig, InternVLVisionModel
 
-from internvl_train.models.config import VisionTowerConfig
+from internvl_train.models.config import transformers_shape
+from internvl_train.models.internvit.configuration import VisionTowerConfig
 from internvl_train.models.zero3 import construct_hf
 
 
@@ -50,10 +51,7 @@ class DropPath(nn.Module):
 def internvl_vision_config(cfg: VisionTowerConfig) -> InternVLVisionConfig:
     """Our VisionTowerConfig -> transformers' InternVLVisionConfig (a fresh object per model)."""
     return InternVLVisionConfig(
-        hidden_size=cfg.hidden_size,
-        num_hidden_layers=cfg.num_layers,
-        num_attention_heads=cfg.num_heads,
-        intermediate_size=cfg.intermediate_size,
+        **transformers_shape(cfg),
         image_size=cfg.image_size,
         patch_size=cfg.patch_size,
         norm_type=cfg.norm_type,

@@ -6,7 +6,8 @@ from typing import Any, Optional, Sequence
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from internvl_train.models.config import TextTowerConfig
+from internvl_train.models.config import transformers_shape
+from internvl_train.models.internvl_c.configuration import TextTowerConfig
 from internvl_train.models.zero3 import construct_hf
 
 
@@ -17,11 +18,8 @@ def llama_config(cfg: TextTowerConfig, vocab_size: Optional[int] = None) -> Llam
         raise ValueError("model.text.vocab_size is null and no tokenizer vocabulary size was given; set "
                          "model.text.vocab_size or build the model with vocab_size=len(tokenizer)")
     return LlamaConfig(
-        hidden_size=cfg.hidden_size,
-        num_hidden_layers=cfg.num_layers,
-        num_attention_heads=cfg.num_heads,
+        **transformers_shape(cfg),
         num_key_value_heads=cfg.kv_heads,
-        intermediate_size=cfg.intermediate_size,
         vocab_size=vocab,
         max_position_embeddings=cfg.max_position_embeddings,
         rms_norm_eps=cfg.rms_norm_eps,
