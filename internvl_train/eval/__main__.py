@@ -81,14 +81,13 @@ class _Counted:
 
 
 def load_export(path: str, device: str, dtype: torch.dtype) -> tuple[torch.nn.Module, Any]:
-    from transformers import AutoTokenizer
-
+    from internvl_train.models.tokenizer import has_tokenizer, load_local_tokenizer
     from internvl_train.models.weights import from_pretrained
 
     model = from_pretrained(path).to(device=device, dtype=dtype).eval()
-    if not os.path.isfile(os.path.join(path, "tokenizer_config.json")):
+    if not has_tokenizer(path):
         raise FileNotFoundError(f"{path}: no tokenizer next to the weights (a stage export saves it there)")
-    return model, AutoTokenizer.from_pretrained(path)  # never trust_remote_code
+    return model, load_local_tokenizer(path)
 
 
 def evaluate_export(model: torch.nn.Module, tokenizer: Any, sets: Sequence[EvalSetConfig], normalization: str,

@@ -160,12 +160,11 @@ def generate_ids(model: Any, prompter: ChatPrompter, requests: Sequence[tuple[st
 
 def load_chat_for_inference(path: str | Path, dtype: Optional[torch.dtype] = None) -> tuple[Any, ChatPrompter]:
     """(model in eval mode, prompter) from a chat export in either layout (native or official)."""
-    from transformers import AutoTokenizer
-
     from internvl_train.models.chat.official import load_chat_model
+    from internvl_train.models.tokenizer import load_local_tokenizer
 
     root = Path(path)
-    tokenizer = AutoTokenizer.from_pretrained(root)  # never trust_remote_code
+    tokenizer = load_local_tokenizer(root)
     model, _ = load_chat_model(root, dtype=dtype)
     raw = json.loads((root / "config.json").read_text())
     for key in INFERENCE_FIELDS:

@@ -15,6 +15,7 @@ from torch import nn
 from internvl_train.engine.freeze import freeze_modules
 from internvl_train.errors import ConfigError
 from internvl_train.models.config import ModelConfig, as_model_config
+from internvl_train.models.tokenizer import first_tokenizer_dir, load_local_tokenizer
 from internvl_train.stages import get_stage_class
 from internvl_train.engine.stage_api import DistInfo, Stage
 
@@ -119,7 +120,7 @@ def text_vocab_size(cfg: Any, notes: list[str]) -> int:
     except ConfigError:
         path = None
     if path:
-        return len(_load_tokenizer(path))
+        return len(load_local_tokenizer(path))
     notes.append(f"text vocabulary: model.text.vocab_size is null and no tokenizer found; assumed {DEMO_TEXT_VOCAB}")
     return DEMO_TEXT_VOCAB
 
@@ -130,12 +131,6 @@ def _cached_demo_tokenizer() -> Optional[str]:
 
     path = demo_paths(os.path.join(default_cache_dir(), f"demo-v{GENERATOR_VERSION}")).tokenizer_dir
     return path if os.path.isfile(os.path.join(path, "tokenizer_config.json")) else None
-
-
-def _load_tokenizer(path: str) -> Any:
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(path)  # never trust_remote_code
 
 
 # ---- stage 3 -------------------------------------------------------------------------------------------------
@@ -170,12 +165,14 @@ def _chat_tokenizer(cfg: Any, mcfg: ModelConfig, export: Optional[str], notes: l
     """The run's tokenizer where its files exist (chat.llm_path, the text-tower export, model.text.tokenizer,
     the cached demo tokenizer), else a small stand-in: the special tokens are then assumed to fit the LLM's
     vocabulary (model.chat.llm.vocab_size)."""
-    candidates = [mcfg.chat.llm_path, export, mcfg.text.tokenizer]
+    from internvl_train.stages.sft_model import sft_tokenizer_candidates
+
+    candidates = sft_tokenizer_candidates(cfg, cfg.init_from, export)
     if cfg.data.demo or cfg.data.sft.demo:
         candidates.append(_cached_demo_tokenizer())
-    for path in candidates:
-        if path and os.path.isfile(os.path.join(path, "tokenizer_config.json")):
-            return _load_tokenizer(path)
+    path = first_tokenizer_dir(candidates)
+    if path is not None:
+        return load_local_tokenizer(path)
     from internvl_train.plan.standin_tokenizer import build_tiny_tokenizer
 
     notes.append("tokenizer: none found; the chat special tokens are assumed to fit the LLM vocabulary")

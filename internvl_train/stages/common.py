@@ -8,6 +8,7 @@ from typing import Any, Mapping, Optional
 import torch
 from torch import nn
 
+from internvl_train.models.tokenizer import load_local_tokenizer
 from internvl_train.stages.config import tokenizer_source
 
 log = logging.getLogger(__name__)
@@ -15,15 +16,12 @@ log = logging.getLogger(__name__)
 
 def load_tokenizer(cfg: Any) -> Any:
     """The stage-1/2 tokenizer from `tokenizer_source` (the demo's when that says None)."""
-    from transformers import AutoTokenizer
-
     path = tokenizer_source(cfg, cfg.init_from)
     if path is None:
         from data_pipelines.demo import ensure_demo_data
 
         path = ensure_demo_data().tokenizer_dir
-    log.info("tokenizer from %s", path)
-    return AutoTokenizer.from_pretrained(path)  # never trust_remote_code
+    return load_local_tokenizer(path)
 
 
 def prefix_token_ids(tokenizer: Any, prefix: str) -> torch.Tensor:

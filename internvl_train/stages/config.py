@@ -13,6 +13,7 @@ from typing import Any, List, Optional
 from omegaconf import MISSING
 
 from internvl_train.errors import ConfigError, check_at_least, check_choice, qualified
+from internvl_train.models.tokenizer import first_tokenizer_dir
 
 
 # Stages 1 and 2 read image-text pairs: the chat model and the SFT conversations are not theirs to check.
@@ -160,9 +161,9 @@ def tokenizer_source(run: Any, init_from: Optional[str]) -> Optional[str]:
     export (every stage exports its tokenizer next to its weights), model.text.pretrained; None = the demo
     tokenizer (data.demo). Torch-free, so the config gate names a missing one before anything is built."""
     text = run.model.text
-    for path in (text.tokenizer, init_from, text.pretrained):
-        if path and os.path.isfile(os.path.join(os.path.expanduser(path), "tokenizer_config.json")):
-            return os.path.expanduser(path)
+    path = first_tokenizer_dir((text.tokenizer, init_from, text.pretrained))
+    if path is not None:
+        return path
     if text.tokenizer:
         raise ConfigError("model.text.tokenizer", f"{text.tokenizer!r} has no tokenizer_config.json: point it "
                                                   "at a Hugging Face tokenizer directory")

@@ -12,6 +12,7 @@ from internvl_train.errors import ConfigError
 from internvl_train.models.chat.modeling import InternVLChatModel, chat_parts
 from internvl_train.models.chat.build import is_chat_checkpoint
 from internvl_train.models.lora import without_lora
+from internvl_train.models.tokenizer import first_tokenizer_dir, load_local_tokenizer
 from internvl_train.stages.contrastive import locked_modules
 
 log = logging.getLogger(__name__)
@@ -61,23 +62,24 @@ def resolve_text_tower_source(cfg: Any, init_from: Optional[str]) -> Optional[st
     return path
 
 
-def load_sft_tokenizer(cfg: Any, init_from: Optional[str], text_tower_from: Optional[str] = None) -> Any:
-    """The LLM's tokenizer: a chat checkpoint's own, else model.chat.llm_path's, else the text-tower export's
-    (model.chat.llm_from_text_tower), else model.text.tokenizer, else the init_from export's (stages 1/2
-    export theirs), else the demo tokenizer."""
-    from transformers import AutoTokenizer
-
+def sft_tokenizer_candidates(cfg: Any, init_from: Optional[str], text_tower_from: Optional[str]) -> list:
+    """Where the LLM's tokenizer may be, in order: a chat checkpoint's own, model.chat.llm_path's, the
+    text-tower export's (model.chat.llm_from_text_tower), model.text.tokenizer, the init_from export's (stages
+    1/2 export theirs). The stage and the planner take the first that holds one."""
     chat, text = cfg.model.chat, cfg.model.text
-    candidates = [init_from if init_from and is_chat_checkpoint(init_from) else None, chat.llm_path,
-                  text_tower_from, text.tokenizer, init_from]
-    for path in candidates:
-        if path and os.path.isfile(os.path.join(path, "tokenizer_config.json")):
-            log.info("tokenizer from %s", path)
-            return AutoTokenizer.from_pretrained(path)  # never trust_remote_code
+    return [init_from if init_from and is_chat_checkpoint(init_from) else None, chat.llm_path, text_tower_from,
+            text.tokenizer, init_from]
+
+
+def load_sft_tokenizer(cfg: Any, init_from: Optional[str], text_tower_from: Optional[str] = None) -> Any:
+    """The LLM's tokenizer: the first of sft_tokenizer_candidates, else the demo tokenizer (demo data)."""
+    path = first_tokenizer_dir(sft_tokenizer_candidates(cfg, init_from, text_tower_from))
+    if path is not None:
+        return load_local_tokenizer(path)
     if cfg.data.demo or cfg.data.sft.demo:
         from data_pipelines.demo import ensure_demo_data
 
-        return AutoTokenizer.from_pretrained(ensure_demo_data().tokenizer_dir)
+        return load_local_tokenizer(ensure_demo_data().tokenizer_dir)
     raise ConfigError("model.chat.llm_path", "no tokenizer for the chat LLM: set model.chat.llm_path (a local HF "
                                              "model directory with its tokenizer) or model.text.tokenizer")
 

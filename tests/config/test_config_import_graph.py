@@ -11,6 +11,7 @@ CONFIG_MODULES = ("internvl_train/errors.py", "internvl_train/config.py", "inter
                   "internvl_train/models/internvit/configuration.py",
                   "internvl_train/models/internvl_c/configuration.py",
                   "internvl_train/models/qllama/configuration.py", "internvl_train/models/chat/configuration.py",
+                  "internvl_train/models/tokenizer.py",
                   "data_pipelines/config.py", "data_pipelines/sft/config.py")
 
 

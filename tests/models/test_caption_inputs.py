@@ -1,6 +1,7 @@
 """prepare_caption_inputs: InternVL-C tokenisation (prefix, EOS, pad id, explicit mask) and EOS pooling."""
 from __future__ import annotations
 
+import pytest
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers, processors
 from transformers import PreTrainedTokenizerFast
@@ -42,9 +43,18 @@ def test_embedding_is_read_at_the_last_real_token_for_any_padding_side():
 
 
 def test_tokenizer_loads_from_a_local_directory_only(tmp_path):
-    from internvl_train.models.internvl_c.configuration import TextTowerConfig
-    from internvl_train.models.internvl_c.text_tower import load_text_tokenizer
+    from internvl_train.models.tokenizer import load_local_tokenizer
 
     _tokenizer(pad=False).save_pretrained(tmp_path)
-    tok = load_text_tokenizer(TextTowerConfig(tokenizer=str(tmp_path)))
+    tok = load_local_tokenizer(tmp_path)
     assert tok("summarize: a cat")["input_ids"] == [1, 3, 4, 6] and tok.eos_token_id == 2
+
+
+
+def test_a_directory_without_a_tokenizer_is_named_not_downloaded(tmp_path):
+    from internvl_train.models.tokenizer import load_local_tokenizer
+
+    with pytest.raises(FileNotFoundError, match=f"{tmp_path}: no tokenizer_config.json"):
+        load_local_tokenizer(tmp_path)
+    with pytest.raises(FileNotFoundError, match="never downloaded"):
+        load_local_tokenizer("meta-llama/Llama-2-7b-hf")  # a Hub id is not a local directory

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any, Optional
 
 from torch import nn
-from transformers import AutoTokenizer
 
 from internvl_train.models import weights
 from internvl_train.models.internvit import official as official_vit
@@ -25,6 +24,7 @@ from internvl_train.models.chat.tokens import add_chat_special_tokens, image_con
 from internvl_train.models.config import ModelConfig, as_model_config
 from internvl_train.models.internvl_g.modeling import InternVLG
 from internvl_train.models.internvit.modeling import build_vision_tower
+from internvl_train.models.tokenizer import load_local_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +92,7 @@ def load_official_vision(tower: nn.Module, path: str) -> None:
 
 def _continue_chat(path: str, tokenizer: Any, gradient_checkpointing: bool) -> ChatBuild:
     """Continue from a chat checkpoint: its own config (ps_version, sizes) wins over model.chat."""
-    tokenizer = tokenizer if tokenizer is not None else AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+    tokenizer = tokenizer if tokenizer is not None else load_local_tokenizer(path)
     new_tokens = add_chat_special_tokens(tokenizer)
     if new_tokens:
         raise ValueError(f"{path}: the tokenizer lacks {new_tokens}; give the tokenizer the chat model was "

@@ -7,19 +7,21 @@ import os
 from typing import Any, Optional
 
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PretrainedConfig, PreTrainedModel
+from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig, PreTrainedModel
 
 from internvl_train.models.chat.configuration import ChatConfig, ChatLLMConfig
 from internvl_train.models.config import transformers_shape
+from internvl_train.models.tokenizer import load_local_tokenizer
 
 log = logging.getLogger(__name__)
 
 
 def load_tokenizer(cfg: ChatConfig) -> Any:
+    """model.chat.llm_path's tokenizer (an inline LLM has none: the caller passes one)."""
     if cfg.llm_path is None:
         raise ValueError("model.chat.llm_path is not set: pass a tokenizer to build_chat_model for an inline LLM")
     _require_local_dir(cfg.llm_path)
-    return AutoTokenizer.from_pretrained(cfg.llm_path, trust_remote_code=False)
+    return load_local_tokenizer(cfg.llm_path)
 
 
 def make_llm_config(arch: ChatLLMConfig, vocab_size: int, attn_implementation: str) -> PretrainedConfig:

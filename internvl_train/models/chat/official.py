@@ -15,12 +15,13 @@ from pathlib import Path
 from typing import Optional
 
 import torch
-from transformers import AutoTokenizer, InternVLConfig, InternVLVisionConfig
+from transformers import InternVLConfig, InternVLVisionConfig
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
 from internvl_train.models.chat.modeling import InternVLChatModel
 from internvl_train.models.internvit import official as official_vit
 from internvl_train.models.chat.tokens import IMG_CONTEXT_TOKEN
+from internvl_train.models.tokenizer import load_local_tokenizer
 from internvl_train.models.weights import read_state_dict
 
 log = logging.getLogger(__name__)
@@ -122,8 +123,8 @@ def chat_config_from_official(official: dict, attn_implementation: str = "sdpa")
 
 def _context_token_id_from_tokenizer(root: Path) -> int:
     try:
-        tokenizer = AutoTokenizer.from_pretrained(root, trust_remote_code=False)
-    except (OSError, ValueError) as err:
+        tokenizer = load_local_tokenizer(root)
+    except (OSError, ValueError) as err:  # FileNotFoundError included
         raise ValueError(f"{root}: cannot read its tokenizer without remote code ({err}); pass "
                          "image_context_token_id=<id of <IMG_CONTEXT>> explicitly") from None
     token_id = tokenizer.convert_tokens_to_ids(IMG_CONTEXT_TOKEN)

@@ -38,17 +38,6 @@ def build_text_tower(cfg: TextTowerConfig, vocab_size: Optional[int] = None) -> 
     return model
 
 
-def load_text_tokenizer(cfg: TextTowerConfig) -> Any:
-    """The tokenizer of `model.text.tokenizer` (else `model.text.pretrained`): local files only, no remote code."""
-    path = cfg.tokenizer or cfg.pretrained
-    if path is None:
-        raise ValueError("model.text.tokenizer and model.text.pretrained are both null: give a local tokenizer "
-                         "directory (or let the stage build its demo tokenizer)")
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=False)
-
-
 def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
     """Index of the last non-pad token per row (works for right and left padding)."""
     positions = torch.arange(attention_mask.shape[1], device=attention_mask.device)
