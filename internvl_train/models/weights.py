@@ -531,7 +531,8 @@ def from_pretrained(path: str | Path) -> nn.Module:
 
     if not is_our_checkpoint(path):
         raise FileNotFoundError(f"{path}: no {CONFIG_FILE}; for official checkpoints use "
-                                "models.builder.build_internvl_c/_g with model.pretrained=<dir>")
+                                "internvl_c/build.build_internvl_c or internvl_g/build.build_internvl_g with "
+                                "model.pretrained=<dir>")
     class_name, cfg = read_our_config(path)
     classes = {"InternVLC": InternVLC, "InternVLG": InternVLG}
     if class_name not in classes:

@@ -18,8 +18,8 @@ class InternVLC(nn.Module):
     """`vision` (InternViT), `text` (LlamaForCausalLM), `clip_projector`, `text_projection`, `logit_scale`.
 
     Construction uses standard nn/transformers init only, so it works on the meta device and inside
-    deepspeed.zero.Init. Weights come from models.builder (build_internvl_c, load_*_weights) or
-    checkpoint.from_pretrained."""
+    deepspeed.zero.Init. Weights come from internvl_c/build.py (build_internvl_c, load_*_weights) or
+    weights.from_pretrained."""
 
     def __init__(self, cfg: Any, vocab_size: Optional[int] = None):
         super().__init__()
